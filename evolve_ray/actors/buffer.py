@@ -1,0 +1,104 @@
+"""BufferActor: the shared buffer between generation, scoring and training (a thin shell
+around core.buffer.BufferState; every event is journaled in the run directory)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+
+from evolve_ray.config import Config
+from evolve_ray.core.buffer import BufferState, RoundJournal
+from evolve_ray.core.selection import Selection, select_pairs
+from evolve_ray.rundir import round_dir
+from evolve_ray.tasks.arith import make_task
+from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate
+
+log = logging.getLogger(__name__)
+
+
+def make_selector(cfg: Config, round_: int, extract_answer=None):
+    s = cfg.selection
+
+    def select(prompt: Prompt, scored: list[ScoredCandidate]) -> Selection:
+        return select_pairs(
+            s.rule,
+            prompt.question,
+            scored,
+            template=cfg.refinement.template,
+            round=round_,
+            min_margin=s.min_margin,
+            tie_tolerance=s.tie_tolerance,
+            keep_pairs=s.keep_pairs,
+            consistency_turns=s.consistency_turns,
+            extract_answer=extract_answer,
+        )
+
+    return select
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class BufferActor:
+    def __init__(self, cfg: Config, run_dir: str) -> None:
+        logging.basicConfig(level=cfg.run.log_level)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.state: BufferState | None = None
+        self.generation_finished = False
+        self.extract = make_task(cfg.data.task, seed=cfg.data.seed).extract_answer if cfg.data.task != "file" else None
+
+    def open_round(self, round_: int, prompts: list[Prompt]) -> dict:
+        """Start (or, after a restart, resume from the journal) the round with these prompts."""
+        journal = RoundJournal(round_dir(self.run_dir, round_) / "journal")
+        self.state = BufferState(round_, journal, make_selector(self.cfg, round_, self.extract))
+        self.state.add_prompts(prompts)
+        self.generation_finished = False
+        return self.state.summary()
+
+    def add_candidates(self, cands: list[Candidate], finished: list[str]) -> int:
+        return self._s.add_candidates(cands, finished)
+
+    def generation_done(self) -> None:
+        self.generation_finished = True
+
+    def next_for_scoring(self, n: int) -> tuple[list[tuple[Candidate, Prompt]], bool]:
+        """A micro-batch to score, and whether scoring is over (generation done, queue empty)."""
+        batch = self._s.take_unscored(n)
+        done = self.generation_finished and not batch and not self._s.unscored and not self._s.inflight
+        return batch, done
+
+    def add_scores(self, scores: list[Score]) -> None:
+        self._s.add_scores(scores)
+
+    def requeue_inflight(self) -> int:
+        return self._s.requeue_inflight()
+
+    def pending_prompts(self) -> list[str]:
+        return self._s.pending_prompts()
+
+    def candidates_of(self, prompt_ids: list[str]) -> list[Candidate]:
+        return self._s.candidates_of(prompt_ids)
+
+    def pairs(self, rank: int = 0, world_size: int = 1) -> list[PreferencePair]:
+        ordered = sorted(self._s.pairs.values(), key=lambda p: p.id)
+        return ordered[rank::world_size]
+
+    def all_scored(self) -> list[ScoredCandidate]:
+        return [sc for pid in self._s.prompts for sc in self._s.scored(pid)]
+
+    def complete(self) -> bool:
+        return self._s.complete()
+
+    def summary(self) -> dict[str, float]:
+        return self._s.summary()
+
+    def finalize(self) -> dict[str, float]:
+        """Write the round's consolidated candidates.parquet and pairs.parquet."""
+        self._s.export(round_dir(self.run_dir, self._s.round))
+        return self._s.summary()
+
+    @property
+    def _s(self) -> BufferState:
+        if self.state is None:
+            raise RuntimeError("no round is open: call open_round first")
+        return self.state

@@ -1,0 +1,76 @@
+"""GeneratorActor: one inference engine; generates turns, streams them, loads weights in place."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from evolve_ray.config import Config
+from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_shapes, validate_weights
+from evolve_ray.engines.factory import make_engine
+from evolve_ray.engines.generation import GenerationRunner
+from evolve_ray.models.loading import load_tokenizer
+from evolve_ray.sync.transport import WeightPayload, unpack
+from evolve_ray.types import Candidate, Prompt
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class GeneratorActor:
+    def __init__(self, cfg: Config, model_path: str, index: int) -> None:
+        logging.basicConfig(level=cfg.run.log_level)
+        self.index, self.served_version, self.broken = index, 0, ""
+        self.engine = make_engine(cfg, model_path)
+        self.tokenizer = load_tokenizer(
+            cfg.model.tokenizer or model_path, trust_remote_code=cfg.model.trust_remote_code
+        )
+        self.expected = checkpoint_shapes(model_path)
+        self.runner = GenerationRunner(self.engine, self.tokenizer, cfg)
+        log.info("generator %d ready: backend=%s model=%s", index, self.engine.name, model_path)
+
+    def info(self) -> dict:
+        return {"index": self.index, "backend": self.engine.name, "version": self.served_version, "pid": os.getpid()}
+
+    def version(self) -> int:
+        return self.served_version
+
+    def generate(self, prompts: list[Prompt], round_: int, existing: list[Candidate], buffer, **plan) -> dict:
+        """Generate the prompts' missing candidates, streaming each finished turn to `buffer`."""
+        self._check_alive()
+        refs: list = []
+
+        def emit(cands: list[Candidate], finished: list[str]) -> None:
+            refs.append(buffer.add_candidates.remote(cands, finished))
+
+        stats = self.runner.run(
+            prompts, round_=round_, version=self.served_version, existing=existing, emit=emit, **plan
+        )
+        ray.get(refs)  # the buffer has everything before the call returns
+        return stats
+
+    def generate_greedy_ids(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        self._check_alive()
+        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+        return [o.token_ids for o in self.engine.generate(prompt_ids, spec, [0] * len(prompt_ids))]
+
+    def load_weights(self, payload: WeightPayload) -> int:
+        """Load new weights in place. A payload that doesn't match leaves the old weights serving;
+        a failure inside the engine marks this actor broken (it refuses work from then on)."""
+        self._check_alive()
+        weights = dict(unpack(payload))
+        validate_weights(weights, self.expected)  # raises before the engine is touched
+        try:
+            self.engine.load_weights(weights)
+        except Exception as e:
+            self.broken = f"weight load of version {payload.version} failed inside the engine: {e}"
+            raise WeightLoadError(self.broken) from e
+        self.served_version = payload.version
+        log.info("generator %d now serves policy version %d", self.index, payload.version)
+        return self.served_version
+
+    def _check_alive(self) -> None:
+        if self.broken:
+            raise WeightLoadError(f"generator {self.index} is unusable ({self.broken}); restart it")

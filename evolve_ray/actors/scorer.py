@@ -1,0 +1,55 @@
+"""ScorerActor: pulls micro-batches from the buffer as they arrive and attaches scores."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import ray
+
+from evolve_ray.config import Config
+from evolve_ray.scoring import RewardModelScorer, Scorer, VerifierScorer
+from evolve_ray.tasks.arith import make_task
+from evolve_ray.types import Candidate, Prompt, Score
+
+log = logging.getLogger(__name__)
+
+
+def make_scorer(cfg: Config, reward_path: str) -> Scorer:
+    if cfg.scoring.kind == "verifier":
+        return VerifierScorer(make_task(cfg.data.task, seed=cfg.data.seed))
+    return RewardModelScorer(cfg, reward_path)
+
+
+@ray.remote
+class ScorerActor:
+    def __init__(self, cfg: Config, reward_path: str, index: int) -> None:
+        logging.basicConfig(level=cfg.run.log_level)
+        self.cfg, self.index = cfg, index
+        self.scorer = make_scorer(cfg, reward_path)
+        self.scored = 0
+
+    def info(self) -> dict:
+        return {"index": self.index, "kind": self.cfg.scoring.kind, "pid": os.getpid(), "scored": self.scored}
+
+    def score(self, batch: list[tuple[Candidate, Prompt]]) -> list[Score]:
+        out = self.scorer.score(batch)
+        self.scored += len(out)
+        return out
+
+    def run(self, buffer, poll_s: float = 0.05) -> dict[str, float]:
+        """Score whatever the buffer has, as it arrives, until generation is done and nothing is left."""
+        busy, t0 = 0.0, time.perf_counter()
+        while True:
+            batch, done = ray.get(buffer.next_for_scoring.remote(self.cfg.scoring.micro_batch))
+            if batch:
+                t = time.perf_counter()
+                scores = self.score(batch)
+                busy += time.perf_counter() - t
+                ray.get(buffer.add_scores.remote(scores))
+            elif done:
+                break
+            else:
+                time.sleep(poll_s)
+        return {"score/busy_s": busy, "score/wall_s": time.perf_counter() - t0}

@@ -1,0 +1,1 @@
+"""Pure algorithm core: losses, log-probs, prompt building, planning, selection, metrics."""

@@ -1,0 +1,197 @@
+"""The buffer's logic: candidates stream in, scores attach, complete chains become pairs.
+
+A prompt is decided once its generator said it is finished and every candidate has a score;
+then the selection rule turns it into pairs (or a recorded reason for none). Every event is
+appended to the round's journal as a parquet part file, so a recreated buffer replays the
+journal and continues: no candidate or pair is lost or duplicated.
+Pure: no ray, no vllm.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+
+from evolve_ray.core.selection import Selection
+from evolve_ray.rundir import read_parquet_rows, write_parquet
+from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate, from_row, to_row
+
+Selector = Callable[[Prompt, list[ScoredCandidate]], Selection]
+KINDS = ("prompts", "candidates", "finished", "scores", "decisions", "pairs")
+
+
+class RoundJournal:
+    """Append-only parquet part files per event kind under RUN/rounds/rNNN/journal/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.next_part = {k: len(list((root / k).glob("part-*.parquet"))) for k in KINDS}
+
+    def append(self, kind: str, rows: list[dict]) -> None:
+        if rows:
+            write_parquet(self.root / kind / f"part-{self.next_part[kind]:06d}.parquet", rows)
+            self.next_part[kind] += 1
+
+    def read(self, kind: str) -> list[dict]:
+        return read_parquet_rows((self.root / kind).glob("part-*.parquet"))
+
+
+class BufferState:
+    """One round's candidates, scores, decisions and pairs."""
+
+    def __init__(self, round_: int, journal: RoundJournal, selector: Selector) -> None:
+        self.round, self.journal, self.selector = round_, journal, selector
+        self.prompts: dict[str, Prompt] = {}
+        self.candidates: dict[str, Candidate] = {}
+        self.by_prompt: dict[str, list[str]] = {}
+        self.scores: dict[str, Score] = {}
+        self.finished: set[str] = set()
+        self.decisions: dict[str, dict] = {}
+        self.pairs: dict[str, PreferencePair] = {}
+        self.unscored: deque[str] = deque()
+        self.inflight: set[str] = set()
+        self.counters: Counter[str] = Counter()
+        self._replay()
+
+    # -- events -------------------------------------------------------------------------------
+    def add_prompts(self, prompts: list[Prompt]) -> None:
+        new = [p for p in prompts if p.id not in self.prompts]
+        self.journal.append("prompts", [to_row(p) for p in new])
+        self._apply_prompts(new)
+
+    def add_candidates(self, cands: list[Candidate], finished: list[str]) -> int:
+        """Record new candidates (duplicates by id are ignored) and prompts marked finished."""
+        new = [c for c in cands if c.id not in self.candidates]
+        self.journal.append("candidates", [to_row(c) for c in new])
+        fin = [p for p in finished if p not in self.finished]
+        self.journal.append("finished", [{"prompt_id": p} for p in fin])
+        self._apply_candidates(new)
+        self.finished.update(fin)
+        self.counters["duplicate_candidates"] += len(cands) - len(new)
+        for pid in fin:
+            self._try_decide(pid)
+        return len(new)
+
+    def take_unscored(self, n: int) -> list[tuple[Candidate, Prompt]]:
+        out = []
+        while self.unscored and len(out) < n:
+            cid = self.unscored.popleft()
+            if cid not in self.scores:
+                self.inflight.add(cid)
+                c = self.candidates[cid]
+                out.append((c, self.prompts[c.prompt_id]))
+        return out
+
+    def requeue_inflight(self) -> int:
+        """Give back candidates handed to a scorer that died before answering."""
+        lost = sorted(self.inflight - set(self.scores))
+        self.unscored.extendleft(reversed(lost))
+        self.inflight.clear()
+        return len(lost)
+
+    def add_scores(self, scores: list[Score]) -> None:
+        new = [s for s in scores if s.candidate_id not in self.scores and s.candidate_id in self.candidates]
+        self.journal.append("scores", [to_row(s) for s in new])
+        self._apply_scores(new)
+        for pid in {self.candidates[s.candidate_id].prompt_id for s in new}:
+            self._try_decide(pid)
+
+    # -- queries ------------------------------------------------------------------------------
+    def complete(self) -> bool:
+        return bool(self.prompts) and set(self.prompts) <= set(self.decisions)
+
+    def pending_prompts(self) -> list[str]:
+        return [p for p in self.prompts if p not in self.finished]
+
+    def candidates_of(self, prompt_ids: list[str]) -> list[Candidate]:
+        return [self.candidates[c] for p in prompt_ids for c in self.by_prompt.get(p, [])]
+
+    def scored(self, pid: str) -> list[ScoredCandidate]:
+        out = []
+        for cid in self.by_prompt.get(pid, []):
+            s = self.scores[cid]
+            out.append(ScoredCandidate(self.candidates[cid], s.value, s.invalid_reason))
+        return out
+
+    def summary(self) -> dict[str, float]:
+        reasons = Counter(d["reason"] for d in self.decisions.values() if d["reason"])
+        invalid = Counter(s.invalid_reason for s in self.scores.values() if s.invalid_reason)
+        out = {
+            "buffer/prompts": float(len(self.prompts)),
+            "buffer/candidates": float(len(self.candidates)),
+            "buffer/decided": float(len(self.decisions)),
+            "pairs/count": float(len(self.pairs)),
+            "pairs/prompts_with_pairs": float(sum(1 for d in self.decisions.values() if d["num_pairs"])),
+            "score/invalid": float(sum(invalid.values())),
+        }
+        out.update({f"pairs/dropped_{r}": float(n) for r, n in reasons.items()})
+        out.update({f"score/invalid_{r}": float(n) for r, n in invalid.items()})
+        return out
+
+    def export(self, out: Path) -> None:
+        """candidates.parquet (lineage, score, selection decision per candidate) and pairs.parquet."""
+        role = {}
+        for p in self.pairs.values():
+            if p.kind == "direct":
+                role[p.chosen_id], role[p.rejected_id] = "chosen", "rejected"
+        rows = []
+        for cid, c in self.candidates.items():
+            s, d = self.scores.get(cid), self.decisions.get(c.prompt_id)
+            row = to_row(c)
+            row.update(
+                score=s.value if s else None,
+                score_invalid=s.invalid_reason if s else "unscored",
+                selection=role.get(cid, "unused"),
+                selection_reason=d["reason"] if d else "undecided",
+            )
+            rows.append(row)
+        write_parquet(out / "candidates.parquet", rows)
+        write_parquet(out / "pairs.parquet", [to_row(p) for p in sorted(self.pairs.values(), key=lambda p: p.id)])
+
+    # -- internals ----------------------------------------------------------------------------
+    def _try_decide(self, pid: str) -> None:
+        if pid in self.decisions or pid not in self.finished:
+            return
+        cids = self.by_prompt.get(pid, [])
+        if any(c not in self.scores for c in cids):
+            return
+        sel = self.selector(self.prompts[pid], self.scored(pid))
+        pairs = [p for p in sel.pairs if p.id not in self.pairs]
+        self.journal.append("pairs", [to_row(p) for p in pairs])
+        decision = {
+            "prompt_id": pid,
+            "reason": sel.reason,
+            "num_pairs": len(sel.pairs),
+            "dropped_invalid": sel.dropped_invalid,
+        }
+        self.journal.append("decisions", [decision])
+        self.pairs.update({p.id: p for p in pairs})
+        self.decisions[pid] = decision
+
+    def _apply_prompts(self, prompts: list[Prompt]) -> None:
+        for p in prompts:
+            self.prompts[p.id] = p
+            self.by_prompt.setdefault(p.id, [])
+
+    def _apply_candidates(self, cands: list[Candidate]) -> None:
+        for c in cands:
+            self.candidates[c.id] = c
+            self.by_prompt.setdefault(c.prompt_id, []).append(c.id)
+            self.unscored.append(c.id)
+
+    def _apply_scores(self, scores: list[Score]) -> None:
+        for s in scores:
+            self.scores[s.candidate_id] = s
+            self.inflight.discard(s.candidate_id)
+
+    def _replay(self) -> None:
+        self._apply_prompts([from_row(Prompt, r) for r in self.journal.read("prompts")])
+        self._apply_candidates([from_row(Candidate, r) for r in self.journal.read("candidates")])
+        self._apply_scores([from_row(Score, r) for r in self.journal.read("scores")])
+        self.finished.update(r["prompt_id"] for r in self.journal.read("finished"))
+        self.pairs.update({(p := from_row(PreferencePair, r)).id: p for r in self.journal.read("pairs")})
+        self.decisions.update({r["prompt_id"]: r for r in self.journal.read("decisions")})
+        self.unscored = deque(c for c in self.unscored if c not in self.scores)
+        for pid in list(self.finished):  # a crash between a score and its decision: decide now
+            self._try_decide(pid)

@@ -1,0 +1,143 @@
+"""Inference strategies as pure planners: what to generate next, and which candidate is final.
+
+A strategy is a grid of chains x turns. Turn 0 of a chain answers x directly; turn k+1 refines
+turn k under t(x, y_k), so it is requested only once turn k exists. Planning from the
+candidates that exist lets a half-done prompt resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from evolve_ray.types import Candidate, ScoredCandidate, candidate_id
+
+Strategy = Literal["direct", "parallel", "chain", "parallel_chain", "vote"]
+STRATEGIES: tuple[str, ...] = ("direct", "parallel", "chain", "parallel_chain", "vote")
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One response to generate: turn `turn` of chain `chain`, refining `parent_id` when turn > 0."""
+
+    prompt_id: str
+    chain: int
+    turn: int
+    parent_id: str | None
+
+
+def chain_grid(strategy: Strategy, *, num_samples: int, turns: int) -> tuple[int, int]:
+    """(number of chains, turns per chain including turn 0) of a strategy.
+
+    Args:
+        strategy: one of STRATEGIES.
+        num_samples: N, the number of chains (parallel strategies).
+        turns: K, refinement turns after the first answer (chain strategies).
+
+    Returns:
+        (chains, turns per chain).
+    """
+    grids = {
+        "direct": (1, 1),
+        "parallel": (num_samples, 1),
+        "chain": (1, turns + 1),
+        "parallel_chain": (num_samples, turns + 1),
+        "vote": (num_samples, turns + 1),
+    }
+    if strategy not in grids:
+        raise ValueError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    return grids[strategy]
+
+
+def expected_candidates(strategy: Strategy, *, num_samples: int, turns: int) -> int:
+    """Number of candidates a prompt has once the strategy is done with it."""
+    chains, per_chain = chain_grid(strategy, num_samples=num_samples, turns=turns)
+    return chains * per_chain
+
+
+def plan_next(
+    strategy: Strategy, *, num_samples: int, turns: int, existing: list[Candidate], prompt_id: str
+) -> list[GenRequest]:
+    """The next wave of generations for one prompt: per unfinished chain, its first missing turn.
+
+    Args:
+        strategy: one of STRATEGIES.
+        num_samples: N chains (parallel strategies).
+        turns: K refinement turns (chain strategies).
+        existing: candidates already generated for this prompt (any order).
+        prompt_id: the prompt planned for.
+
+    Returns:
+        Requests ordered by chain; empty once the prompt is complete.
+    """
+    others = {c.prompt_id for c in existing} - {prompt_id}
+    if others:
+        raise ValueError(f"plan_next for {prompt_id!r} got candidates of other prompts: {sorted(others)}")
+    chains, per_chain = chain_grid(strategy, num_samples=num_samples, turns=turns)
+    have = {(c.chain, c.turn) for c in existing}
+    requests = []
+    for chain in range(chains):
+        turn = next((t for t in range(per_chain) if (chain, t) not in have), None)
+        if turn is None:
+            continue
+        parent = candidate_id(prompt_id, chain, turn - 1) if turn > 0 else None
+        requests.append(GenRequest(prompt_id, chain, turn, parent))
+    return requests
+
+
+def _finals(scored: list[ScoredCandidate]) -> list[ScoredCandidate]:
+    """The last turn of each chain, ordered by chain."""
+    last: dict[int, ScoredCandidate] = {}
+    for sc in scored:
+        c = sc.candidate
+        if c.chain not in last or c.turn > last[c.chain].candidate.turn:
+            last[c.chain] = sc
+    return [last[k] for k in sorted(last)]
+
+
+def pick_final(
+    strategy: Strategy,
+    candidates_with_scores: list[ScoredCandidate],
+    *,
+    extract_answer: Callable[[str], str | None] | None = None,
+) -> Candidate:
+    """The strategy's answer for one prompt.
+
+    direct / chain: the last turn of chain 0. parallel / parallel_chain: the chain final with the
+    best valid score (ties and all-invalid: lowest chain). vote: the most common final answer
+    (ties: the answer first given by the lowest chain; finals whose answer is None do not vote),
+    returned as its lowest-chain candidate.
+
+    Args:
+        strategy: one of STRATEGIES.
+        candidates_with_scores: the prompt's candidates; scores may be None where unused.
+        extract_answer: maps a response to its answer (vote); default the stripped text.
+
+    Returns:
+        The chosen candidate.
+    """
+    chain_grid(strategy, num_samples=1, turns=0)  # validates the name
+    finals = _finals(candidates_with_scores)
+    if not finals:
+        raise ValueError("pick_final: no candidates")
+    if strategy in ("direct", "chain"):
+        if finals[0].candidate.chain != 0:
+            raise ValueError("pick_final: chain 0 has no candidates")
+        return finals[0].candidate
+    if strategy in ("parallel", "parallel_chain"):
+        valid = [(sc.score, sc.candidate) for sc in finals if sc.score is not None and math.isfinite(sc.score)]
+        if not valid:
+            return finals[0].candidate
+        best = max(score for score, _ in valid)
+        return next(c for score, c in valid if score == best)  # the lowest chain among equals
+    extract = extract_answer or str.strip
+    answers = [(extract(sc.candidate.text), sc.candidate) for sc in finals]
+    votes = Counter(a for a, _ in answers if a is not None)
+    if not votes:
+        return finals[0].candidate
+    top = max(votes.values())
+    # answers are in chain order, so the first answer reaching the top count is the tie-break winner.
+    return next(c for a, c in answers if a is not None and votes[a] == top)

@@ -1,0 +1,73 @@
+"""The inference-engine interface shared by the vLLM and transformers backends.
+
+Engines take token ids (never strings: a string prompt may gain an extra BOS) and return token
+ids and text. Weight loads are validated against the checkpoint's parameter names and shapes
+before they touch the engine, so a bad payload leaves the old weights serving.
+No ray here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+
+
+class WeightLoadError(RuntimeError):
+    """A weight payload that does not match the served model; nothing was loaded."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[GenOutput]: ...
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
+
+
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes from a checkpoint's safetensors headers (no tensor is read)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for name in st.keys():
+                shapes[name] = tuple(st.get_slice(name).get_shape())
+    return shapes
+
+
+def validate_weights(weights: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise WeightLoadError unless `weights` has exactly the expected names and shapes."""
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise WeightLoadError(
+            f"weight names differ from the served model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for name, t in weights.items():
+        if tuple(t.shape) != expected[name]:
+            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != served {expected[name]}")
+        if not torch.isfinite(t).all():
+            raise WeightLoadError(f"{name}: contains NaN or inf")
+
+
+def materialize(weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return dict(weights)

