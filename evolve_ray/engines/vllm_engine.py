@@ -54,9 +54,7 @@ class VLLMEngine:
         ]
         # One call for the whole turn: vLLM batches all requests continuously.
         outs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [
-            GenOutput(list(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason or "") for o in outs
-        ]
+        return [_output(o.outputs[0]) for o in outs]
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         # reload_weights repacks CPU linear weights; raw model.load_weights would leave them empty.
@@ -69,3 +67,11 @@ class VLLMEngine:
 
         outs = self._llm.classify([TokensPrompt(prompt_token_ids=p) for p in prompts], use_tqdm=False)
         return [float(o.outputs.probs[0]) for o in outs]
+
+
+def _output(c) -> GenOutput:
+    """Response tokens without the EOS that ended them (vLLM keeps it; transformers' view drops it)."""
+    ids = list(c.token_ids)
+    if c.finish_reason == "stop" and c.stop_reason is None and ids:
+        ids = ids[:-1]
+    return GenOutput(ids, c.text, c.finish_reason or "")
