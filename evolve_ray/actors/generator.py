@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 @ray.remote
 class GeneratorActor:
-    def __init__(self, cfg: Config, model_path: str, index: int) -> None:
+    def __init__(self, cfg: Config, model_path: str, index: int, version: int = 0) -> None:
         logging.basicConfig(level=cfg.run.log_level)
-        self.index, self.served_version, self.broken = index, 0, ""
+        self.index, self.served_version, self.broken = index, version, ""
         self.engine = make_engine(cfg, model_path)
         self.tokenizer = load_tokenizer(
             cfg.model.tokenizer or model_path, trust_remote_code=cfg.model.trust_remote_code
@@ -50,6 +50,17 @@ class GeneratorActor:
         )
         ray.get(refs)  # the buffer has everything before the call returns
         return stats
+
+    def generate_eval(self, prompts: list[Prompt], round_: int, strategy: str, turns: int) -> list[Candidate]:
+        """Greedy candidates for held-out prompts, returned rather than streamed to a buffer."""
+        self._check_alive()
+        out: list[Candidate] = []
+        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=self.runner.spec.max_new_tokens)
+        self.runner.run(
+            prompts, round_=round_, version=self.served_version, existing=[],
+            emit=lambda cands, _finished: out.extend(cands), strategy=strategy, turns=turns, spec=spec,
+        )
+        return out
 
     def generate_greedy_ids(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         self._check_alive()

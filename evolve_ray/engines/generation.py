@@ -54,6 +54,7 @@ class GenerationRunner:
         emit: Emit,
         strategy: str | None = None,
         turns: int | None = None,
+        spec: SamplingSpec | None = None,
     ) -> dict[str, float]:
         """Generate every missing candidate of `prompts`; returns counters for the report."""
         g = self.cfg.generation
@@ -83,7 +84,7 @@ class GenerationRunner:
             if not plan.requests:
                 break
             seeds = [request_seed(g.seed, round_, r) for r in plan.requests]
-            outs = self.engine.generate(plan.token_ids, self.spec, seeds)
+            outs = self.engine.generate(plan.token_ids, spec or self.spec, seeds)
             cands = [
                 Candidate(
                     prompt_id=r.prompt_id,

@@ -1,0 +1,210 @@
+"""The driver's handle on the trainer: one Ray Train worker group that lives across rounds.
+
+`TrainerGroup.start()` runs `TorchTrainer.fit()` in a background thread; the workers then pull
+one `RoundJob` per round from a small coordinator actor and hand their metrics back to it.
+`train_round` blocks until a round is trained, saved and pushed, and raises `TrainerError` (not
+a hang) if the worker group dies for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from evolve_ray.config import Config
+from evolve_ray.types import PreferencePair
+from evolve_ray.train.worker import RoundJob, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+class TrainerError(RuntimeError):
+    """The worker group failed (after any restarts FailureConfig allowed)."""
+
+
+@ray.remote(num_cpus=0)
+class TrainCoordinator:
+    """Hands round jobs to the workers and collects what each rank reports back.
+
+    Jobs stay pending until every rank has submitted, so a worker group restarted by Ray Train
+    asks again for the first round after its last checkpoint and gets the same job.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.jobs: dict[int, RoundJob] = {}
+        self.parts: dict[int, dict[int, tuple[dict[str, Any], dict[str, float] | None]]] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+        self.stopped = False
+        self.first_request: float | None = None
+        self.changed = asyncio.Condition()
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _pending(self, last_done: int) -> RoundJob | None:
+        later = [r for r in self.jobs if r > last_done]
+        return self.jobs[min(later)] if later else None
+
+    async def put_job(self, job: RoundJob) -> None:
+        self.jobs[job.round] = job
+        await self._notify()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self._notify()
+
+    async def next_job(self, last_done: int) -> RoundJob | None:
+        """The first pending round after `last_done`; None once stopped with nothing pending."""
+        if self.first_request is None:
+            self.first_request = time.time()
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.stopped or self._pending(last_done) is not None)
+        return self._pending(last_done)
+
+    async def submit(self, round_: int, rank: int, facts: dict[str, Any], metrics: dict[str, float] | None) -> None:
+        parts = self.parts.setdefault(round_, {})
+        parts[rank] = (facts, metrics)
+        if len(parts) < self.world_size:
+            return
+        ranks = [parts[r][0] for r in range(self.world_size)]
+        result = dict(parts[0][1] or {})
+        result["train/worker_pids"] = [f["pid"] for f in ranks]
+        result["train/param_checksums"] = [f["param_checksums"] for f in ranks]
+        self._complete(round_, result)
+        await self._notify()
+
+    async def resumed(self, last_done: int, metrics: dict[str, float]) -> None:
+        """A restarted group already finished `last_done` (it crashed before everyone submitted)."""
+        for r in [r for r in self.jobs if r <= last_done]:
+            self._complete(r, dict(metrics) | {"train/resumed": 1.0})
+        await self._notify()
+
+    def _complete(self, round_: int, result: dict[str, Any]) -> None:
+        self.results[round_] = result
+        self.jobs.pop(round_, None)
+        self.parts.pop(round_, None)
+
+    async def result(self, round_: int) -> dict[str, Any]:
+        async with self.changed:
+            await self.changed.wait_for(lambda: round_ in self.results)
+        return self.results.pop(round_)
+
+    def started_at(self) -> float | None:
+        return self.first_request
+
+
+class TrainerGroup:
+    """A long-lived data-parallel trainer; `train_round` once per round, `shutdown` at the end."""
+
+    def __init__(
+        self, cfg: Config, start_model: str, run_dir: Path, tokenizer_path: str, *, reference_model: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.start_model = start_model
+        # reference=fixed scores against the run's starting model; a resumed run passes it here.
+        self.reference_model = reference_model or start_model
+        self.run_dir = Path(run_dir).resolve()
+        self.tokenizer_path = tokenizer_path
+        self.coordinator: Any = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._launched_at = 0.0
+
+    def checkpoint_dir(self, round_: int) -> Path:
+        return self.run_dir / "checkpoints" / f"r{round_:03d}"
+
+    def start(self) -> None:
+        """Launch the worker group in the background (start-up overlaps whatever runs next)."""
+        t = self.cfg.training
+        self.coordinator = TrainCoordinator.remote(t.num_workers)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "cfg": self.cfg,
+                "start_model": self.start_model,
+                "reference_model": self.reference_model,
+                "tokenizer_path": self.tokenizer_path,
+                "coordinator": self.coordinator,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name="trainer",
+                storage_path=str(self.run_dir / "ray_train"),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        self._launched_at = time.time()
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), name="evolve-trainer", daemon=True)
+        self._thread.start()
+
+    def _fit(self, trainer: TorchTrainer) -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # handed to the driver thread by _wait
+            self._error = e
+
+    def startup_seconds(self) -> float | None:
+        """Seconds from start() to the workers' first job request (None while still starting)."""
+        first = ray.get(self.coordinator.started_at.remote())
+        return None if first is None else first - self._launched_at
+
+    def train_round(
+        self, round_: int, pairs: Sequence[PreferencePair], generators: Sequence[Any]
+    ) -> dict[str, Any]:
+        """Train on `pairs`, write checkpoints/rNNN, push version round_+1 to `generators`.
+
+        Returns the round's metrics (rank 0's scalars, plus per-rank lists train/worker_pids and
+        train/param_checksums).
+        """
+        if self._thread is None:
+            raise TrainerError("TrainerGroup.start() was not called")
+        job = RoundJob(
+            round=round_,
+            pairs=[ray.put(list(pairs))],
+            generators=list(generators),
+            checkpoint_dir=str(self.checkpoint_dir(round_)),
+            transport=self.cfg.sync.transport,
+        )
+        ray.get(self.coordinator.put_job.remote(job))
+        return self._wait(self.coordinator.result.remote(round_), f"round {round_}")
+
+    def _wait(self, ref: ray.ObjectRef, what: str) -> Any:
+        """ray.get that gives up with the trainer's own error once the fit thread has ended."""
+        assert self._thread is not None
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            if ready:
+                return ray.get(ref)
+            if not self._thread.is_alive():
+                ready, _ = ray.wait([ref], timeout=1.0)
+                if ready:
+                    return ray.get(ref)
+                cause = self._error or RuntimeError("the training loop returned early")
+                raise TrainerError(f"trainer failed during {what}: {type(cause).__name__}: {cause}") from cause
+
+    def shutdown(self, timeout_s: float = 120.0) -> None:
+        """Ask the workers to stop, wait for fit() to return, drop the coordinator."""
+        if self._thread is None:
+            return
+        ray.get(self.coordinator.stop.remote())
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("trainer did not stop within %.0f s", timeout_s)
+        ray.kill(self.coordinator)
+        self._thread = None
+        if self._error is not None:
+            logger.warning("trainer ended with an error: %s", self._error)

@@ -1,0 +1,382 @@
+"""One training step's maths: log-probs of each pair kind, the configured loss, DP-exact scaling.
+
+Frozen log-probs (the reference policy's, and for INPO the round-start policy's) are computed
+once, before a round's optimisation, and stored per example as a [N, K, 2] tensor: K pair kinds
+(`loss_terms` order), then (chosen, rejected). The policy's log-probs during training use the
+same layout, so one function turns either into the loss's inputs. Pure torch: no ray, no vllm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from evolve_ray.config import TrainingConfig
+from evolve_ray.core.logprobs import sequence_logprobs
+from evolve_ray.core.losses import PairLogps, dp_scaled_loss, dpo_loss, evolve_loss, inpo_loss, ipo_loss, sft_loss
+from evolve_ray.train.batching import Example, StepPlan, collate_term
+
+Metrics = dict[str, float]
+
+# Loss-function metric names -> the project's stable `train/...` keys (others get the prefix).
+_RENAMED = {"margin": "train/margin_mean"}
+
+
+@dataclass(frozen=True)
+class FrozenLogps:
+    """Log-probs fixed for a round. ref, prev: [N, K, 2] or None (sft needs neither; prev is INPO's)."""
+
+    ref: Tensor | None
+    prev: Tensor | None
+
+
+def needs_rejected(cfg: TrainingConfig) -> bool:
+    """SFT trains on chosen responses only; every preference loss scores both."""
+    return cfg.loss != "sft"
+
+
+def autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for DDP on GPU; FSDP2 casts through its MixedPrecisionPolicy instead."""
+    if cfg.bf16 and cfg.strategy == "ddp" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def term_logps(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    terms: Sequence[str],
+    cfg: TrainingConfig,
+    *,
+    pad_id: int,
+    device: torch.device,
+) -> Tensor:
+    """Sequence log-probs of every kind of every example: one forward per kind over chosen+rejected.
+
+    Returns:
+        [B, K, 2] float32 (chosen, rejected); the rejected column is 0 for sft.
+    """
+    with_rejected = needs_rejected(cfg)
+    out = []
+    for term in terms:
+        batch = collate_term(examples, term, pad_id=pad_id, with_rejected=with_rejected).to(device)
+        with autocast(cfg, device):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logps = sequence_logprobs(logits, batch.input_ids, batch.response_mask, average=cfg.logprob == "mean")
+        b = len(examples)
+        rejected = logps[b:] if with_rejected else torch.zeros_like(logps)
+        out.append(torch.stack([logps[:b], rejected], dim=-1))
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def frozen_logps(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    chunks: Sequence[list[int]],
+    terms: Sequence[str],
+    cfg: TrainingConfig,
+    *,
+    pad_id: int,
+    device: torch.device,
+) -> Tensor:
+    """Log-probs of the examples in `chunks` under `model`, without grad, in eval mode.
+
+    An empty chunk runs a forward on example 0 and discards it, so every rank runs the same
+    number of forwards (FSDP all-gathers inside each). Rows not in any chunk stay 0: summing
+    the ranks' tensors (all-reduce) gives every row exactly once.
+
+    Returns:
+        [N, K, 2] float32 on `device`.
+    """
+    was_training = model.training
+    model.eval()
+    out = torch.zeros((len(examples), len(terms), 2), dtype=torch.float32, device=device)
+    for chunk in chunks:
+        rows = chunk or [0]
+        logps = term_logps(model, [examples[i] for i in rows], terms, cfg, pad_id=pad_id, device=device)
+        if chunk:
+            out[torch.tensor(chunk, device=device)] = logps.float()
+    model.train(was_training)
+    return out
+
+
+def _pair(pi: Tensor, ref: Tensor, k: int) -> PairLogps:
+    return PairLogps(pi[:, k, 0], pi[:, k, 1], ref[:, k, 0], ref[:, k, 1])
+
+
+def compute_loss(
+    cfg: TrainingConfig, terms: Sequence[str], pi: Tensor, ref: Tensor | None, prev: Tensor | None
+) -> tuple[Tensor, Metrics]:
+    """The per-example loss chosen by `cfg.loss`.
+
+    Args:
+        cfg: training config (loss and its hyper-parameters).
+        terms: the kinds along dim 1 of the tensors (`loss_terms(cfg)`).
+        pi: [B, K, 2] policy log-probs (with grad).
+        ref: [B, K, 2] reference log-probs, or None for sft.
+        prev: [B, K, 2] round-start policy log-probs (inpo), else None.
+
+    Returns:
+        ([B] per-example loss, metrics from the loss function).
+    """
+    k = {t: i for i, t in enumerate(terms)}
+    if cfg.loss == "sft":
+        return sft_loss(
+            pi[:, k["direct"], 0],
+            pi[:, k["refine"], 0],
+            direct_weight=cfg.sft_direct_weight,
+            refine_weight=cfg.sft_refine_weight,
+        )
+    assert ref is not None, f"{cfg.loss} needs reference log-probs"
+    direct = _pair(pi, ref, k["direct"])
+    if cfg.loss == "dpo":
+        return dpo_loss(*_fields(direct), beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    if cfg.loss == "ipo":
+        return ipo_loss(*_fields(direct), beta=cfg.beta)
+    if cfg.loss == "inpo":
+        assert prev is not None, "inpo needs the round-start policy's log-probs"
+        d = k["direct"]
+        return inpo_loss(direct, prev[:, d, 0], prev[:, d, 1], eta=cfg.eta, tau=cfg.tau_ratio * cfg.eta)
+    keep = _pair(pi, ref, k["keep"]) if "keep" in k else None
+    return evolve_loss(
+        direct,
+        _pair(pi, ref, k["refine"]),
+        keep,
+        beta=cfg.beta,
+        alpha=cfg.alpha,
+        gamma=cfg.gamma,
+        direct_loss=cfg.direct_loss,
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
+def _fields(p: PairLogps) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return p.pi_chosen, p.pi_rejected, p.ref_chosen, p.ref_rejected
+
+
+def micro_step(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    rows: list[int],
+    frozen: FrozenLogps,
+    terms: Sequence[str],
+    cfg: TrainingConfig,
+    *,
+    global_count: int,
+    world_size: int,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[Tensor, Metrics, int]:
+    """Forward one micro-batch and return (loss to backward, metrics, examples counted).
+
+    The loss is scaled with `dp_scaled_loss`, so summing backward() over a step's micro-batches
+    and averaging over ranks (DDP/FSDP) gives the gradient of the mean over the step's
+    `global_count` examples. Empty `rows` (a rank with nothing in this micro-batch) run example
+    0 with weight 0: the rank still joins the gradient all-reduce.
+    """
+    count = len(rows)
+    rows = rows or [0]
+    idx = torch.tensor(rows, device=device)
+    pi = term_logps(model, [examples[i] for i in rows], terms, cfg, pad_id=pad_id, device=device)
+    ref = frozen.ref[idx] if frozen.ref is not None else None
+    prev = frozen.prev[idx] if frozen.prev is not None else None
+    per_example, loss_metrics = compute_loss(cfg, terms, pi, ref, prev)
+    if count == 0:
+        per_example = per_example * 0.0
+    loss = dp_scaled_loss(per_example, global_count=global_count, world_size=world_size)
+    metrics = {_RENAMED.get(k, f"train/{k}"): v for k, v in loss_metrics.items()}
+    metrics["train/loss"] = per_example.detach().mean().item()
+    return loss, metrics, count
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser, schedule and the data-parallel wrapper (DDP on CPU/GPU, FSDP2 on GPU).
+
+
+def lr_factor(cfg: TrainingConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of cfg.lr at each step: linear warm-up, then constant, linear or cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainingConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters with the round's LR schedule (fresh every round)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, total_steps))
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainingConfig, device: torch.device, *, trainable: bool) -> torch.nn.Module:
+    """Move `model` to `device` and wrap it for data parallelism.
+
+    trainable=False (a frozen reference): DDP needs no wrapper (no gradients to average), FSDP
+    still shards it so that no GPU holds a full extra copy.
+    """
+    model.to(device)
+    if trainable and cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.strategy == "fsdp":
+        return shard_fsdp(model, bf16=cfg.bf16)
+    if not trainable:
+        return model
+    # Buffers (rotary tables) are deterministic, so there is nothing to broadcast per forward.
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def shard_fsdp(model: torch.nn.Module, *, bf16: bool) -> torch.nn.Module:
+    """FSDP2 `fully_shard` per transformer block, then the root; bf16 compute, fp32 reduce."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    blocks = set(model._no_split_modules or ())  # Hugging Face names its decoder-layer classes here
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a DDP wrapper (FSDP2 shards in place: nothing to unwrap)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def grad_sync(model: torch.nn.Module, cfg: TrainingConfig, *, sync: bool) -> Iterator[None]:
+    """All-reduce gradients only on a step's last micro-batch (gradient accumulation)."""
+    if cfg.strategy == "fsdp":
+        model.set_requires_gradient_sync(sync)
+        yield
+    elif sync or not isinstance(model, DistributedDataParallel):
+        yield
+    else:
+        with model.no_sync():
+            yield
+
+
+def full_state_dict(model: torch.nn.Module, cfg: TrainingConfig) -> dict[str, Tensor]:
+    """The whole model's weights in Hugging Face names. Collective under FSDP (every rank calls
+    it; rank 0 gets the full CPU copy, the others an empty dict)."""
+    if cfg.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach() for k, v in unwrap(model).state_dict().items()}
+
+
+def param_checksum(model: torch.nn.Module) -> float:
+    """Sum of this rank's parameter values in float64: equal across DDP ranks when in sync
+    (FSDP: of the local shards only)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        local = p.to_local() if isinstance(p, DTensor) else p
+        total += local.detach().double().sum().cpu()
+    return float(total)
+
+
+def reduce_metrics(sums: Metrics, count: int, device: torch.device) -> Metrics:
+    """Means over all ranks of count-weighted metric sums (one all-reduce when distributed)."""
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    n = t[-1].item()
+    return {k: (t[i].item() / n if n else float("nan")) for i, k in enumerate(keys)}
+
+
+def _sum_over_ranks(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def round_frozen_logps(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    examples: Sequence[Example],
+    terms: Sequence[str],
+    cfg: TrainingConfig,
+    *,
+    chunks: Sequence[list[int]],
+    pad_id: int,
+    device: torch.device,
+) -> FrozenLogps:
+    """A round's frozen log-probs for every example on every rank, before any optimiser step.
+
+    Each rank scores its `chunks` (see `reference_chunks`); an all-reduce sums the shares.
+    ref comes from the round-start policy (reference=refresh) or `reference` (fixed: the
+    starting model); INPO's prev is always the round-start policy.
+    """
+    if cfg.loss == "sft":
+        return FrozenLogps(ref=None, prev=None)
+    ref_model = unwrap(policy) if cfg.reference == "refresh" else reference
+    assert ref_model is not None, "reference=fixed needs the reference model"
+    kw = dict(pad_id=pad_id, device=device)
+    ref = _sum_over_ranks(frozen_logps(ref_model, examples, chunks, terms, cfg, **kw))
+    prev = None
+    if cfg.loss == "inpo":
+        same = cfg.reference == "refresh"
+        prev = ref if same else _sum_over_ranks(frozen_logps(unwrap(policy), examples, chunks, terms, cfg, **kw))
+    return FrozenLogps(ref=ref, prev=prev)
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    plan: StepPlan,
+    examples: Sequence[Example],
+    frozen: FrozenLogps,
+    terms: Sequence[str],
+    cfg: TrainingConfig,
+    *,
+    world_size: int,
+    pad_id: int,
+    device: torch.device,
+) -> Metrics:
+    """Accumulate the plan's micro-batches, clip, step. Returns metrics averaged over all ranks."""
+    sums: defaultdict[str, float] = defaultdict(float)
+    count = 0
+    last = len(plan.micro_batches) - 1
+    for i, rows in enumerate(plan.micro_batches):
+        with grad_sync(model, cfg, sync=i == last):
+            loss, metrics, n = micro_step(
+                model, examples, rows, frozen, terms, cfg,
+                global_count=plan.global_count, world_size=world_size, pad_id=pad_id, device=device,
+            )
+            loss.backward()
+        for k, v in metrics.items():
+            sums[k] += v * n
+        count += n
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = reduce_metrics(dict(sums), count, device)
+    out["train/grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    out["train/lr"] = lr
+    return out

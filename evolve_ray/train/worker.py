@@ -1,0 +1,226 @@
+"""The Ray Train worker: one long-lived data-parallel rank that trains round after round.
+
+The worker group starts once (~20 s on CPU) and then loops: pull the next round's job from the
+coordinator actor, compute frozen log-probs, optimise, save a Hugging Face checkpoint, push the
+weights to every generator, report. A None job ends the loop. After a restart by Ray Train
+(FailureConfig) it resumes from the last reported checkpoint, a small JSON that names the
+round and the Hugging Face checkpoint directory (the weights are not copied twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from evolve_ray.config import Config
+from evolve_ray.engines.base import checkpoint_shapes
+from evolve_ray.models.loading import load_policy, load_tokenizer
+from evolve_ray.sync.transport import pack
+from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
+from evolve_ray.train.step import (
+    build_optimizer,
+    full_state_dict,
+    optimizer_step,
+    param_checksum,
+    round_frozen_logps,
+    unwrap,
+    wrap_model,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    """One round's work. `pairs` holds one ObjectRef to list[PreferencePair] (inside a list, so
+    Ray does not resolve it on the way through the coordinator)."""
+
+    round: int
+    pairs: list[Any]
+    generators: list[Any]
+    checkpoint_dir: str
+    transport: str
+
+
+@dataclass
+class Worker:
+    """What one rank keeps across rounds."""
+
+    cfg: Config
+    model: torch.nn.Module
+    reference: torch.nn.Module | None
+    tokenizer: Any
+    device: torch.device
+    rank: int
+    world_size: int
+    last_done: int
+
+
+def resume_point(start_model: str) -> tuple[int, str, dict[str, Any]]:
+    """(last completed round, policy path, its metrics): from Ray Train's latest checkpoint after
+    a restart, else (-1, start_model, {})."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return -1, start_model, {}
+    with ckpt.as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+    logger.warning("resuming after a restart: round %d done, policy %s", state["round"], state["path"])
+    return state["round"], state["path"], state["metrics"]
+
+
+def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
+    cfg: Config = config["cfg"]
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    last_done, policy_path, last_metrics = resume_point(config["start_model"])
+    torch.manual_seed(cfg.training.seed)
+    load = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    model = wrap_model(load_policy(policy_path, **load), cfg.training, device, trainable=True)
+    reference = None
+    if cfg.training.reference == "fixed" and cfg.training.loss != "sft":
+        reference = load_policy(config["reference_model"], **load).requires_grad_(False)
+        reference = wrap_model(reference, cfg.training, device, trainable=False).eval()
+    tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
+    worker = Worker(cfg, model, reference, tokenizer, device, ctx.get_world_rank(), ctx.get_world_size(), last_done)
+    return worker, last_metrics
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. config: cfg (Config), start_model, reference_model, tokenizer_path
+    (paths) and coordinator (actor handle)."""
+    logging.basicConfig(level=config["cfg"].run.log_level)
+    coordinator = config["coordinator"]
+    worker, last_metrics = build_worker(config)
+    if worker.rank == 0 and worker.last_done >= 0:
+        ray.get(coordinator.resumed.remote(worker.last_done, last_metrics))
+    while True:
+        job: RoundJob | None = ray.get(coordinator.next_job.remote(worker.last_done))
+        if job is None:
+            return
+        metrics, per_rank = run_round(worker, job)
+        report(worker, job, metrics)
+        ray.get(coordinator.submit.remote(job.round, worker.rank, per_rank, metrics if worker.rank == 0 else None))
+        worker.last_done = job.round
+
+
+def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train one round, save and push. Returns (round metrics, this rank's own facts)."""
+    t0 = time.perf_counter()
+    tcfg = w.cfg.training
+    torch.manual_seed(tcfg.seed + job.round)
+    examples = build_examples(ray.get(job.pairs[0]), w.tokenizer, tcfg)
+    history, checksums, ref_metrics = optimise(w, examples, job.round)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    state = full_state_dict(w.model, tcfg)  # collective under FSDP
+    sync_s = 0.0
+    if w.rank == 0:
+        save_checkpoint(w, state, job.checkpoint_dir)
+        sync_s = push_weights(state, job)
+    metrics = round_metrics(history, len(examples)) | ref_metrics | {
+        "train/seconds": train_s,
+        "train/save_seconds": time.perf_counter() - t1 - sync_s,
+        "sync/seconds": sync_s,
+        "policy/version": float(job.round + 1),
+    }
+    return metrics, {"pid": os.getpid(), "param_checksums": checksums}
+
+
+def optimise(
+    w: Worker, examples: list[Example], round_: int
+) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
+    """Frozen log-probs, then every optimizer step of the round. Returns per-step metrics, this
+    rank's parameter checksum after each step, and the mean reference log-prob of the direct
+    chosen responses (a fingerprint of which model the reference was)."""
+    tcfg = w.cfg.training
+    terms = loss_terms(tcfg)
+    pad_id = w.tokenizer.pad_token_id
+    micro = max(1, -(-tcfg.batch_size // (w.world_size * tcfg.grad_accum)))
+    chunks = reference_chunks(len(examples), micro_batch=micro, rank=w.rank, world_size=w.world_size)
+    frozen = round_frozen_logps(
+        w.model, w.reference, examples, terms, tcfg, chunks=chunks, pad_id=pad_id, device=w.device
+    )
+    plans = [
+        plan
+        for epoch in range(tcfg.epochs)
+        for plan in plan_epoch(
+            len(examples), batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum, rank=w.rank,
+            world_size=w.world_size, seed=tcfg.seed, round=round_, epoch=epoch,
+        )
+    ]
+    optimizer, scheduler = build_optimizer(w.model, tcfg, len(plans))
+    w.model.train()
+    history, checksums = [], []
+    for plan in plans:
+        history.append(
+            optimizer_step(
+                w.model, optimizer, scheduler, plan, examples, frozen, terms, tcfg,
+                world_size=w.world_size, pad_id=pad_id, device=w.device,
+            )
+        )
+        checksums.append(param_checksum(w.model))
+    if history:
+        logger.info("round %d: %d steps, loss %.4f -> %.4f", round_, len(plans), history[0]["train/loss"], history[-1]["train/loss"])
+    ref_metrics = {}
+    if frozen.ref is not None and examples:
+        ref_metrics["train/ref_chosen_logp"] = frozen.ref[:, 0, 0].mean().item()
+    return history, checksums, ref_metrics
+
+
+def round_metrics(history: list[dict[str, float]], num_examples: int) -> dict[str, float]:
+    """Means of the per-step metrics, plus the first and last step's loss."""
+    out: dict[str, float] = {"train/steps": float(len(history)), "train/examples": float(num_examples)}
+    if history:
+        out |= {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        out["train/loss_first"] = history[0]["train/loss"]
+        out["train/loss_last"] = history[-1]["train/loss"]
+    return out
+
+
+def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> None:
+    """Hugging Face format (safetensors + tokenizer): loadable by transformers and vLLM."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    unwrap(w.model).save_pretrained(path, state_dict=state)
+    w.tokenizer.save_pretrained(path)
+
+
+def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> float:
+    """Put the new weights in the object store once; every generator loads them as version round+1."""
+    if not job.generators:
+        return 0.0
+    t0 = time.perf_counter()
+    saved = checkpoint_shapes(job.checkpoint_dir)  # the names vLLM expects (tied weights saved once)
+    missing = sorted(set(saved) - set(state))
+    if missing:
+        raise RuntimeError(f"checkpoint names not in the model's state dict: {missing[:5]}")
+    version = job.round + 1
+    payload = pack({k: state[k] for k in saved}, version=version, transport=job.transport, path=job.checkpoint_dir)
+    ref = ray.put(payload)
+    served = ray.get([g.load_weights.remote(ref) for g in job.generators])
+    if any(v != version for v in served):
+        raise RuntimeError(f"generators serve versions {served}, expected {version}")
+    return time.perf_counter() - t0
+
+
+def report(w: Worker, job: RoundJob, metrics: dict[str, float]) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the resume point as a Ray Train checkpoint."""
+    if w.rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as d:
+        state = {"round": job.round, "path": job.checkpoint_dir, "metrics": metrics}
+        (Path(d) / STATE_FILE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
