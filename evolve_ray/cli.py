@@ -57,12 +57,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from evolve_ray.loop import run
 
     sets = list(args.sets) + [f"run.out={args.out}"]
-    run(load_config(args.config or _demo_config(), sets))
+    run(load_config(args.config, sets))  # the config defaults are the embedded demo
     return 0
 
 
-def _demo_config() -> str:
-    return str(Path(__file__).resolve().parent / "recipes" / "demo.yaml")
+def cmd_export(args: argparse.Namespace) -> int:
+    from evolve_ray.export import export
+
+    n = export(Path(args.run), args.format, Path(args.out))
+    print(f"wrote {n} records to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evolve_ray.report import write_report
+
+    run = Path(args.run)
+    if not (run / "report.json").exists():
+        raise UserError(f"{run} has no report.json (no round has finished yet)")
+    print(write_report(run))
+    return 0
+
+
+def job_main(argv: list[str] | None = None) -> int:
+    """Entry point of jobs/run_evolve.py: join the cluster the job was submitted to, then run."""
+    ap = argparse.ArgumentParser(prog="run_evolve.py")
+    _config_args(ap)
+    ap.add_argument("--out", help="run directory on storage the cluster keeps (overrides run.out)")
+    ap.add_argument("--resume", metavar="RUN")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def go() -> int:
+        import ray
+
+        from evolve_ray.config import load_config
+        from evolve_ray.loop import resume_run, run
+
+        sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
+        cfg = None if args.resume else load_config(args.config, sets)  # errors before joining the cluster
+        ray.init(address="auto")
+        if args.resume:
+            resume_run(Path(args.resume))
+        else:
+            run(cfg)
+        return 0
+
+    return _guarded(go)
+
+
+def _guarded(fn) -> int:
+    try:
+        return fn()
+    except UserError as e:
+        print(f"evolve-ray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evolve-ray: interrupted; continue with `evolve-ray run --resume RUN`", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,20 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--format", required=True, choices=["trl", "alpaca_eval", "jsonl"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("report", help="rewrite report.md and plots/ from report.json")
+    p.add_argument("--run", required=True)
+    p.set_defaults(fn=cmd_report)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.fn(args)
-    except UserError as e:
-        print(f"evolve-ray: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("evolve-ray: interrupted; continue with `evolve-ray run --resume RUN`", file=sys.stderr)
-        return 130
+    return _guarded(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """The configuration schema: frozen dataclasses, YAML overrides, `--set a.b=c`.
 
+The defaults are the embedded demo (tiny built-in models, the built-in arithmetic task, a local
+CPU cluster): `evolve-ray demo` runs them as they are, and recipes for real models override them
+(jobs/configs/).
+
 Each default lives in exactly one field below. YAML files and `--set` hold overrides only;
 an unknown key, a wrong type or a value out of range is a `ConfigError` that names the key.
 Pure module: no ray, no vllm, no torch.
@@ -77,7 +81,7 @@ class GenerationConfig:
     turns: int = _f(3, "K: refinement turns after the first answer (chain strategies).", min=0)
     temperature: float = _f(1.0, "Sampling temperature; 0 is greedy.", min=0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", gt=0)
-    max_new_tokens: int = _f(64, "Maximum tokens per response.", min=1)
+    max_new_tokens: int = _f(16, "Maximum tokens per response.", min=1)
     seed: int = _f(0, "Sampling seed (per request seeds derive from it).")
     kv_cache_mib: int = _f(64, "vLLM KV cache size in MiB (CPU needs it set explicitly).", min=1)
     enforce_eager: bool = _f(True, "Skip graph compilation (saves ~25 s start-up on CPU).")
@@ -131,7 +135,7 @@ class TrainingConfig:
     epochs: int = _f(1, "Passes over a round's pairs.", min=1)
     batch_size: int = _f(8, "Pairs per optimizer step, across all workers.", min=1)
     grad_accum: int = _f(1, "Micro-batches accumulated per optimizer step.", min=1)
-    max_len: int = _f(256, "Longest prompt+response sequence trained on; longer ones are truncated.", min=8)
+    max_len: int = _f(448, "Longest prompt+response sequence trained on; longer ones are truncated.", min=8)
     max_grad_norm: float = _f(1.0, "Gradient clipping (0 disables).", min=0)
     seed: int = _f(0, "Training seed.")
     num_workers: int = _f(2, "Ray Train workers (data-parallel ranks).", min=1)

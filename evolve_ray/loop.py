@@ -29,12 +29,12 @@ from evolve_ray.config import Config, dump_yaml, load_config, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
 from evolve_ray.metrics_export import MetricsExporter
-from evolve_ray.report import append_row, finite_row, write_report
-from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.preflight import ResolvedModels, resolve_models
+from evolve_ray.report import append_row, finite_row, write_report
+from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json, write_parquet
 from evolve_ray.tasks.arith import make_task
 from evolve_ray.train.job import TrainerGroup
-from evolve_ray.types import Candidate, Prompt, Score
+from evolve_ray.types import Candidate, Prompt, Score, to_row
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
@@ -54,6 +54,12 @@ class Session:
     exporter: MetricsExporter
     task: Any
     state: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop the trainer group and the actors (names are free again for the next run)."""
+        self.trainer.shutdown()
+        for actor in [*self.generators, *self.scorers, self.buffer]:
+            ray.kill(actor, no_restart=True)
 
     def done(self, round_: int, stage: str) -> bool:
         last = self.state.get("last")
@@ -81,10 +87,16 @@ def draw_prompts(s: Session, round_: int) -> list[Prompt]:
     return s.task.prompts("round", d.prompts_per_round, offset=offset)
 
 
-def collect(s: Session, round_: int) -> dict[str, Any]:
-    """Generate the round's chains while scorers score them as they arrive; pairs come out."""
+def open_round(s: Session, round_: int) -> list[Prompt]:
+    """The round's prompts, with the buffer holding that round (replayed from its journal)."""
     prompts = draw_prompts(s, round_)
     ray.get(s.buffer.open_round.remote(round_, prompts))
+    return prompts
+
+
+def collect(s: Session, round_: int) -> dict[str, Any]:
+    """Generate the round's chains while scorers score them as they arrive; pairs come out."""
+    prompts = open_round(s, round_)
     pending = set(ray.get(s.buffer.pending_prompts.remote()))
     todo = [p for p in prompts if p.id in pending]
     existing = ray.get(s.buffer.candidates_of.remote([p.id for p in todo]))
@@ -112,22 +124,29 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
             if k.startswith(("gen/skipped_", "gen/truncated_")):
                 out[k] = out.get(k, 0.0) + v
     out.update({f"refine/{k}": v for k, v in stats.items()})
-    out.update({
-        "gen/tokens": tokens,
-        "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
-        "gen/prompts": float(len(prompts)),
-        "score/reward_mean": sum(valid) / len(valid) if valid else float("nan"),
-        "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
-        "pairs/margin_mean": _mean([p.chosen_score - p.rejected_score for p in pairs
-                                    if p.kind == "direct" and p.chosen_score is not None
-                                    and p.rejected_score is not None]),
-    })
+    out.update(
+        {
+            "gen/tokens": tokens,
+            "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
+            "gen/prompts": float(len(prompts)),
+            "score/reward_mean": sum(valid) / len(valid) if valid else float("nan"),
+            "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
+            "pairs/margin_mean": _mean(
+                [
+                    p.chosen_score - p.rejected_score
+                    for p in pairs
+                    if p.kind == "direct" and p.chosen_score is not None and p.rejected_score is not None
+                ]
+            ),
+        }
+    )
     for k in ("improved_frac", "degraded_frac"):
         out[f"refine/{k}"] = _mean([v for key, v in stats.items() if key.endswith(k)])
     return out
 
 
 def train(s: Session, round_: int) -> dict[str, Any]:
+    open_round(s, round_)  # a resumed run enters here with a fresh buffer
     pairs = ray.get(s.buffer.pairs.remote())
     if not pairs:
         log.warning("round %d produced no pairs: skipping training (the policy stays as it is)", round_)
@@ -145,12 +164,20 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
     by_id = {p.id: p for p in prompts}
     shards = [prompts[i :: len(s.generators)] for i in range(len(s.generators))]
     turns = s.cfg.run.eval_turns if s.cfg.run.eval_strategy == "chain" else 0
-    refs = [g.generate_eval.remote(sh, round_, "chain", turns) for g, sh in zip(s.generators, shards, strict=True) if sh]
+    refs = [
+        g.generate_eval.remote(sh, round_, "chain", turns) for g, sh in zip(s.generators, shards, strict=True) if sh
+    ]
     cands: list[Candidate] = [c for part in ray.get(refs) for c in part]
     batch = [(c, by_id[c.prompt_id]) for c in cands]
     parts = [batch[i :: len(s.scorers)] for i in range(len(s.scorers))]
-    scores: list[Score] = [x for part in ray.get([sc.score.remote(p) for sc, p in zip(s.scorers, parts, strict=True)]) for x in part]
+    scores: list[Score] = [
+        x for part in ray.get([sc.score.remote(p) for sc, p in zip(s.scorers, parts, strict=True)]) for x in part
+    ]
     score_of = {x.candidate_id: x.value for x in scores}
+    write_parquet(
+        round_dir(s.run, round_) / "eval.parquet",
+        [to_row(c) | {"question": by_id[c.prompt_id].question, "score": score_of.get(c.id)} for c in cands],
+    )
     out: dict[str, Any] = {}
     for k, v in turn_stats(_chain_scores(cands, score_of), tolerance=s.cfg.selection.tie_tolerance).items():
         out[f"eval/{k}"] = v
@@ -195,7 +222,9 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     connect(cfg, run_dir)
     s = _start_session(cfg, run_dir, models, task, state)
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
-        ("collect", collect), ("train", train), ("evaluate", evaluate),
+        ("collect", collect),
+        ("train", train),
+        ("evaluate", evaluate),
     ]
     try:
         for r in range(cfg.run.rounds):
@@ -214,7 +243,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
         write_report(run_dir)
         log.info("run complete: %s (report.md, report.json, plots/)", run_dir)
     finally:
-        s.trainer.shutdown()
+        s.close()
     return run_dir
 
 
@@ -226,12 +255,7 @@ def connect(cfg: Config, run_dir: Path) -> None:
     if c.address:
         ray.init(address=c.address, log_to_driver=True)
         return
-    ray.init(
-        num_cpus=c.num_cpus or None,
-        include_dashboard=c.include_dashboard,
-        dashboard_host=c.dashboard_host,
-        runtime_env={"env_vars": _engine_env(run_dir)},
-    )
+    ray.init(num_cpus=c.num_cpus or None, include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host)
     ctx = ray.get_runtime_context()
     log.info("started a local Ray cluster (node %s); dashboard on %s", ctx.get_node_id()[:8], c.dashboard_host)
 
@@ -248,14 +272,17 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     trained = _trained_rounds(run_dir, state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
     g, sc = cfg.generation, cfg.scoring
+    env = {"env_vars": _engine_env(run_dir)}
     gens = [
-        GeneratorActor.options(name=f"generator-{i}", num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator)
-        .remote(cfg, policy, i, trained)
+        GeneratorActor.options(
+            name=f"generator-{i}", num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator, runtime_env=env
+        ).remote(cfg, policy, i, trained)
         for i in range(g.num_generators)
     ]
     scorers = [
-        ScorerActor.options(name=f"scorer-{i}", num_cpus=sc.cpus_per_scorer, num_gpus=sc.gpus_per_scorer)
-        .remote(cfg, models.reward, i)
+        ScorerActor.options(
+            name=f"scorer-{i}", num_cpus=sc.cpus_per_scorer, num_gpus=sc.gpus_per_scorer, runtime_env=env
+        ).remote(cfg, models.reward, i)
         for i in range(sc.num_scorers)
     ]
     buffer = BufferActor.options(name="buffer").remote(cfg, str(run_dir))

@@ -51,9 +51,7 @@ def turn_series(row: dict[str, Any], quantity: str) -> list[float]:
 def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     keys = [k for k in keys if any(k in r for r in rows)]
     head = "| round | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
-    body = "".join(
-        f"| {r['round']} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |\n" for r in rows
-    )
+    body = "".join(f"| {r['round']} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |\n" for r in rows)
     return head + body
 
 
@@ -70,8 +68,12 @@ def write_markdown(run: Path, rows: list[dict[str, Any]]) -> Path:
     train_keys = [k for k in keys if k.startswith(("train/", "sync/", "policy/"))]
     time_keys = [k for k in keys if k.startswith("time/")]
     parts = [f"# evolve_ray report: {run.name}\n", "Rows come from report.json; keys are `<stage>/<quantity>`.\n"]
-    for title, ks in (("Evaluation per turn", turn_keys), ("Data collection and pairs", pair_keys),
-                      ("Training and weight sync", train_keys), ("Time per stage (s)", time_keys)):
+    for title, ks in (
+        ("Evaluation per turn", turn_keys),
+        ("Data collection and pairs", pair_keys),
+        ("Training and weight sync", train_keys),
+        ("Time per stage (s)", time_keys),
+    ):
         if ks:
             parts.append(f"\n## {title}\n\n" + _table(rows, ks))
     plots = sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []

@@ -48,7 +48,10 @@ class BufferActor:
         self.extract = make_task(cfg.data.task, seed=cfg.data.seed).extract_answer if cfg.data.task != "file" else None
 
     def open_round(self, round_: int, prompts: list[Prompt]) -> dict:
-        """Start (or, after a restart, resume from the journal) the round with these prompts."""
+        """Start (or, after a restart, resume from the journal) the round with these prompts.
+        Idempotent: opening the round that is already open changes nothing."""
+        if self.state is not None and self.state.round == round_:
+            return self.state.summary()
         journal = RoundJournal(round_dir(self.run_dir, round_) / "journal")
         self.state = BufferState(round_, journal, make_selector(self.cfg, round_, self.extract))
         self.state.add_prompts(prompts)

@@ -57,8 +57,14 @@ class GeneratorActor:
         out: list[Candidate] = []
         spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=self.runner.spec.max_new_tokens)
         self.runner.run(
-            prompts, round_=round_, version=self.served_version, existing=[],
-            emit=lambda cands, _finished: out.extend(cands), strategy=strategy, turns=turns, spec=spec,
+            prompts,
+            round_=round_,
+            version=self.served_version,
+            existing=[],
+            emit=lambda cands, _finished: out.extend(cands),
+            strategy=strategy,
+            turns=turns,
+            spec=spec,
         )
         return out
 

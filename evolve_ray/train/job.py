@@ -21,8 +21,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from evolve_ray.config import Config
-from evolve_ray.types import PreferencePair
 from evolve_ray.train.worker import RoundJob, train_loop_per_worker
+from evolve_ray.types import PreferencePair
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class TrainCoordinator:
         self.jobs: dict[int, RoundJob] = {}
         self.parts: dict[int, dict[int, tuple[dict[str, Any], dict[str, float] | None]]] = {}
         self.results: dict[int, dict[str, Any]] = {}
+        self.completed: tuple[int, str, dict[str, Any]] | None = None  # (round, checkpoint dir, metrics)
         self.stopped = False
         self.first_request: float | None = None
         self.changed = asyncio.Condition()
@@ -92,8 +93,15 @@ class TrainCoordinator:
 
     def _complete(self, round_: int, result: dict[str, Any]) -> None:
         self.results[round_] = result
-        self.jobs.pop(round_, None)
+        job = self.jobs.pop(round_, None)
         self.parts.pop(round_, None)
+        if job is not None and (self.completed is None or round_ > self.completed[0]):
+            scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+            self.completed = (round_, job.checkpoint_dir, scalars)
+
+    def last_completed(self) -> tuple[int, str, dict[str, Any]] | None:
+        """The newest round every rank finished: where a restarted worker group resumes."""
+        return self.completed
 
     async def result(self, round_: int) -> dict[str, Any]:
         async with self.changed:
@@ -162,9 +170,7 @@ class TrainerGroup:
         first = ray.get(self.coordinator.started_at.remote())
         return None if first is None else first - self._launched_at
 
-    def train_round(
-        self, round_: int, pairs: Sequence[PreferencePair], generators: Sequence[Any]
-    ) -> dict[str, Any]:
+    def train_round(self, round_: int, pairs: Sequence[PreferencePair], generators: Sequence[Any]) -> dict[str, Any]:
         """Train on `pairs`, write checkpoints/rNNN, push version round_+1 to `generators`.
 
         Returns the round's metrics (rank 0's scalars, plus per-rank lists train/worker_pids and

@@ -11,19 +11,18 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
-from torch.nn.parallel import DistributedDataParallel
 
 from evolve_ray.config import TrainingConfig
 from evolve_ray.core.logprobs import sequence_logprobs
 from evolve_ray.core.losses import PairLogps, dp_scaled_loss, dpo_loss, evolve_loss, inpo_loss, ipo_loss, sft_loss
 from evolve_ray.train.batching import Example, StepPlan, collate_term
+from evolve_ray.train.parallel import grad_sync, reduce_metrics, sum_over_ranks, unwrap
 
 Metrics = dict[str, float]
 
@@ -200,7 +199,7 @@ def micro_step(
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimiser, schedule and the data-parallel wrapper (DDP on CPU/GPU, FSDP2 on GPU).
+# Optimiser, schedule, and a round's frozen log-probs and optimizer steps.
 
 
 def lr_factor(cfg: TrainingConfig, total_steps: int) -> Callable[[int], float]:
@@ -228,91 +227,6 @@ def build_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, total_steps))
 
 
-def wrap_model(model: torch.nn.Module, cfg: TrainingConfig, device: torch.device, *, trainable: bool) -> torch.nn.Module:
-    """Move `model` to `device` and wrap it for data parallelism.
-
-    trainable=False (a frozen reference): DDP needs no wrapper (no gradients to average), FSDP
-    still shards it so that no GPU holds a full extra copy.
-    """
-    model.to(device)
-    if trainable and cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.strategy == "fsdp":
-        return shard_fsdp(model, bf16=cfg.bf16)
-    if not trainable:
-        return model
-    # Buffers (rotary tables) are deterministic, so there is nothing to broadcast per forward.
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-
-
-def shard_fsdp(model: torch.nn.Module, *, bf16: bool) -> torch.nn.Module:
-    """FSDP2 `fully_shard` per transformer block, then the root; bf16 compute, fp32 reduce."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    blocks = set(model._no_split_modules or ())  # Hugging Face names its decoder-layer classes here
-    for module in model.modules():
-        if type(module).__name__ in blocks:
-            fully_shard(module, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model inside a DDP wrapper (FSDP2 shards in place: nothing to unwrap)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-@contextlib.contextmanager
-def grad_sync(model: torch.nn.Module, cfg: TrainingConfig, *, sync: bool) -> Iterator[None]:
-    """All-reduce gradients only on a step's last micro-batch (gradient accumulation)."""
-    if cfg.strategy == "fsdp":
-        model.set_requires_gradient_sync(sync)
-        yield
-    elif sync or not isinstance(model, DistributedDataParallel):
-        yield
-    else:
-        with model.no_sync():
-            yield
-
-
-def full_state_dict(model: torch.nn.Module, cfg: TrainingConfig) -> dict[str, Tensor]:
-    """The whole model's weights in Hugging Face names. Collective under FSDP (every rank calls
-    it; rank 0 gets the full CPU copy, the others an empty dict)."""
-    if cfg.strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach() for k, v in unwrap(model).state_dict().items()}
-
-
-def param_checksum(model: torch.nn.Module) -> float:
-    """Sum of this rank's parameter values in float64: equal across DDP ranks when in sync
-    (FSDP: of the local shards only)."""
-    total = torch.zeros((), dtype=torch.float64)
-    for p in model.parameters():
-        local = p.to_local() if isinstance(p, DTensor) else p
-        total += local.detach().double().sum().cpu()
-    return float(total)
-
-
-def reduce_metrics(sums: Metrics, count: int, device: torch.device) -> Metrics:
-    """Means over all ranks of count-weighted metric sums (one all-reduce when distributed)."""
-    keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    n = t[-1].item()
-    return {k: (t[i].item() / n if n else float("nan")) for i, k in enumerate(keys)}
-
-
-def _sum_over_ranks(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
 def round_frozen_logps(
     policy: torch.nn.Module,
     reference: torch.nn.Module | None,
@@ -334,12 +248,12 @@ def round_frozen_logps(
         return FrozenLogps(ref=None, prev=None)
     ref_model = unwrap(policy) if cfg.reference == "refresh" else reference
     assert ref_model is not None, "reference=fixed needs the reference model"
-    kw = dict(pad_id=pad_id, device=device)
-    ref = _sum_over_ranks(frozen_logps(ref_model, examples, chunks, terms, cfg, **kw))
+    ref = sum_over_ranks(frozen_logps(ref_model, examples, chunks, terms, cfg, pad_id=pad_id, device=device))
     prev = None
-    if cfg.loss == "inpo":
-        same = cfg.reference == "refresh"
-        prev = ref if same else _sum_over_ranks(frozen_logps(unwrap(policy), examples, chunks, terms, cfg, **kw))
+    if cfg.loss == "inpo" and cfg.reference == "refresh":
+        prev = ref  # the reference already is the round-start policy
+    elif cfg.loss == "inpo":
+        prev = sum_over_ranks(frozen_logps(unwrap(policy), examples, chunks, terms, cfg, pad_id=pad_id, device=device))
     return FrozenLogps(ref=ref, prev=prev)
 
 
@@ -364,19 +278,27 @@ def optimizer_step(
     for i, rows in enumerate(plan.micro_batches):
         with grad_sync(model, cfg, sync=i == last):
             loss, metrics, n = micro_step(
-                model, examples, rows, frozen, terms, cfg,
-                global_count=plan.global_count, world_size=world_size, pad_id=pad_id, device=device,
+                model,
+                examples,
+                rows,
+                frozen,
+                terms,
+                cfg,
+                global_count=plan.global_count,
+                world_size=world_size,
+                pad_id=pad_id,
+                device=device,
             )
             loss.backward()
         for k, v in metrics.items():
             sums[k] += v * n
         count += n
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-    lr = scheduler.get_last_lr()[0]
+    lr = float(scheduler.get_last_lr()[0])
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     out = reduce_metrics(dict(sums), count, device)
-    out["train/grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    out["train/grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm.item())
     out["train/lr"] = lr
     return out

@@ -28,15 +28,8 @@ from evolve_ray.engines.base import checkpoint_shapes
 from evolve_ray.models.loading import load_policy, load_tokenizer
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
-from evolve_ray.train.step import (
-    build_optimizer,
-    full_state_dict,
-    optimizer_step,
-    param_checksum,
-    round_frozen_logps,
-    unwrap,
-    wrap_model,
-)
+from evolve_ray.train.parallel import full_state_dict, param_checksum, unwrap, wrap_model
+from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +62,34 @@ class Worker:
     last_done: int
 
 
-def resume_point(start_model: str) -> tuple[int, str, dict[str, Any]]:
-    """(last completed round, policy path, its metrics): from Ray Train's latest checkpoint after
-    a restart, else (-1, start_model, {})."""
+def resume_point(start_model: str, coordinator: Any) -> tuple[int, str, dict[str, Any]]:
+    """(last completed round, policy path, its metrics) to start from.
+
+    The newest of: Ray Train's latest checkpoint (set after a restart), the coordinator's last
+    completed round (it outlives the worker group; Ray Train registers a reported checkpoint a
+    moment later, so a crash right after a report can leave it one round behind), and
+    (-1, start_model, {}) for a fresh start.
+    """
+    points: list[tuple[int, str, dict[str, Any]]] = [(-1, start_model, {})]
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return -1, start_model, {}
-    with ckpt.as_directory() as d:
-        state = json.loads((Path(d) / STATE_FILE).read_text())
-    logger.warning("resuming after a restart: round %d done, policy %s", state["round"], state["path"])
-    return state["round"], state["path"], state["metrics"]
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+        points.append((state["round"], state["path"], state["metrics"]))
+    done = ray.get(coordinator.last_completed.remote())
+    if done is not None:
+        points.append(done)
+    point = max(points, key=lambda p: p[0])
+    if point[0] >= 0:
+        logger.warning("resuming after a restart: round %d done, policy %s", point[0], point[1])
+    return point
 
 
 def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     cfg: Config = config["cfg"]
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
-    last_done, policy_path, last_metrics = resume_point(config["start_model"])
+    last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"])
     torch.manual_seed(cfg.training.seed)
     load = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     model = wrap_model(load_policy(policy_path, **load), cfg.training, device, trainable=True)
@@ -130,12 +134,16 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     if w.rank == 0:
         save_checkpoint(w, state, job.checkpoint_dir)
         sync_s = push_weights(state, job)
-    metrics = round_metrics(history, len(examples)) | ref_metrics | {
-        "train/seconds": train_s,
-        "train/save_seconds": time.perf_counter() - t1 - sync_s,
-        "sync/seconds": sync_s,
-        "policy/version": float(job.round + 1),
-    }
+    metrics = (
+        round_metrics(history, len(examples))
+        | ref_metrics
+        | {
+            "train/seconds": train_s,
+            "train/save_seconds": time.perf_counter() - t1 - sync_s,
+            "sync/seconds": sync_s,
+            "policy/version": float(job.round + 1),
+        }
+    )
     return metrics, {"pid": os.getpid(), "param_checksums": checksums}
 
 
@@ -157,8 +165,14 @@ def optimise(
         plan
         for epoch in range(tcfg.epochs)
         for plan in plan_epoch(
-            len(examples), batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum, rank=w.rank,
-            world_size=w.world_size, seed=tcfg.seed, round=round_, epoch=epoch,
+            len(examples),
+            batch_size=tcfg.batch_size,
+            grad_accum=tcfg.grad_accum,
+            rank=w.rank,
+            world_size=w.world_size,
+            seed=tcfg.seed,
+            round=round_,
+            epoch=epoch,
         )
     ]
     optimizer, scheduler = build_optimizer(w.model, tcfg, len(plans))
@@ -167,13 +181,28 @@ def optimise(
     for plan in plans:
         history.append(
             optimizer_step(
-                w.model, optimizer, scheduler, plan, examples, frozen, terms, tcfg,
-                world_size=w.world_size, pad_id=pad_id, device=w.device,
+                w.model,
+                optimizer,
+                scheduler,
+                plan,
+                examples,
+                frozen,
+                terms,
+                tcfg,
+                world_size=w.world_size,
+                pad_id=pad_id,
+                device=w.device,
             )
         )
         checksums.append(param_checksum(w.model))
     if history:
-        logger.info("round %d: %d steps, loss %.4f -> %.4f", round_, len(plans), history[0]["train/loss"], history[-1]["train/loss"])
+        logger.info(
+            "round %d: %d steps, loss %.4f -> %.4f",
+            round_,
+            len(plans),
+            history[0]["train/loss"],
+            history[-1]["train/loss"],
+        )
     ref_metrics = {}
     if frozen.ref is not None and examples:
         ref_metrics["train/ref_chosen_logp"] = frozen.ref[:, 0, 0].mean().item()

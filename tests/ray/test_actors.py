@@ -64,7 +64,7 @@ def test_chain_of_k_turns_has_lineage_and_two_generators_split_the_prompts(gener
     prompts = _prompts(6)
     ray.get(buf.open_round.remote(0, prompts))
     halves = [prompts[0::2], prompts[1::2]]
-    stats = ray.get([g.generate.remote(h, 0, [], buf) for g, h in zip(generators, halves)])
+    stats = ray.get([g.generate.remote(h, 0, [], buf) for g, h in zip(generators, halves, strict=True)])
     cands = ray.get(buf.candidates_of.remote([p.id for p in prompts]))
     k = cfg.generation.turns
     assert len(cands) == len(prompts) * (k + 1)  # each prompt's chain exactly once

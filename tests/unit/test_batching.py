@@ -22,12 +22,24 @@ from evolve_ray.train.batching import (
 from evolve_ray.types import PreferencePair
 
 
-def _pair(pid: str, kind: str, prompt: str = "What is 2+2?", chosen: str = "4", rejected: str = "five") -> PreferencePair:
+def _pair(
+    pid: str, kind: str, prompt: str = "What is 2+2?", chosen: str = "4", rejected: str = "five"
+) -> PreferencePair:
     return PreferencePair(
-        prompt_id=pid, round=0, kind=kind, question="What is 2+2?", prompt=prompt, chosen=chosen,
-        rejected=rejected, chosen_id=f"{pid}/c0/t1", rejected_id=f"{pid}/c0/t0", chosen_score=1.0,
-        rejected_score=0.0, rule="reward", policy_version=0,
-    )  # fmt: skip
+        prompt_id=pid,
+        round=0,
+        kind=kind,
+        question="What is 2+2?",
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        chosen_id=f"{pid}/c0/t1",
+        rejected_id=f"{pid}/c0/t0",
+        chosen_score=1.0,
+        rejected_score=0.0,
+        rule="reward",
+        policy_version=0,
+    )
 
 
 def _cfg(**kw: object) -> TrainingConfig:
@@ -43,7 +55,13 @@ def test_loss_terms() -> None:
 
 
 def test_grouping_needs_every_term_and_sorts_by_prompt() -> None:
-    pairs = [_pair("b", "direct"), _pair("b", "refine"), _pair("a", "refine"), _pair("a", "direct"), _pair("c", "direct")]
+    pairs = [
+        _pair("b", "direct"),
+        _pair("b", "refine"),
+        _pair("a", "refine"),
+        _pair("a", "direct"),
+        _pair("c", "direct"),
+    ]
     groups = group_pairs(pairs, ("direct", "refine"))
     assert [g["direct"].prompt_id for g in groups] == ["a", "b"]  # c has no refine pair
     assert [g["direct"].prompt_id for g in group_pairs(pairs, ("direct",))] == ["a", "b", "c"]
@@ -58,14 +76,20 @@ def test_masks_mark_exactly_the_response_and_eos(tokenizer) -> None:
     assert batch.input_ids.shape == (2, len(prompt) + 5)  # "five" + EOS is the longest row
     eos = tokenizer.eos_token_id
     chosen, rejected = batch.input_ids.tolist()
-    assert chosen[: len(prompt)] == prompt and chosen[len(prompt) :] == [*tokenizer.encode("4", add_special_tokens=False), eos, *[tokenizer.pad_token_id] * 3]
+    assert chosen[: len(prompt)] == prompt and chosen[len(prompt) :] == [
+        *tokenizer.encode("4", add_special_tokens=False),
+        eos,
+        *[tokenizer.pad_token_id] * 3,
+    ]
     assert rejected[len(prompt) :] == [*tokenizer.encode("five", add_special_tokens=False), eos]
     assert batch.response_mask.tolist() == [[0] * len(prompt) + [1, 1, 0, 0, 0], [0] * len(prompt) + [1] * 5]
     assert batch.attention_mask.tolist() == [[1] * (len(prompt) + 2) + [0] * 3, [1] * (len(prompt) + 5)]
 
 
 def test_sft_collates_chosen_only(tokenizer) -> None:
-    examples = build_examples([_pair("a", "direct"), _pair("a", "refine", prompt="fix: five")], tokenizer, _cfg(loss="sft"))
+    examples = build_examples(
+        [_pair("a", "direct"), _pair("a", "refine", prompt="fix: five")], tokenizer, _cfg(loss="sft")
+    )
     assert set(examples[0].terms) == {"direct", "refine"}
     assert collate_term(examples, "refine", pad_id=0, with_rejected=False).input_ids.shape[0] == 1
 
@@ -88,11 +112,22 @@ def test_truncated_example_respects_max_len(tokenizer) -> None:
     assert ex.terms["direct"].rejected.prompt_len == 40 - 31
 
 
-@pytest.mark.parametrize("n,batch_size,grad_accum,world_size", [(10, 4, 1, 2), (7, 3, 2, 2), (5, 8, 1, 3), (1, 2, 2, 2)])
+@pytest.mark.parametrize(
+    "n,batch_size,grad_accum,world_size", [(10, 4, 1, 2), (7, 3, 2, 2), (5, 8, 1, 3), (1, 2, 2, 2)]
+)
 def test_every_example_exactly_once_per_epoch(n: int, batch_size: int, grad_accum: int, world_size: int) -> None:
     for epoch in range(2):
         plans = [
-            plan_epoch(n, batch_size=batch_size, grad_accum=grad_accum, rank=r, world_size=world_size, seed=3, round=1, epoch=epoch)
+            plan_epoch(
+                n,
+                batch_size=batch_size,
+                grad_accum=grad_accum,
+                rank=r,
+                world_size=world_size,
+                seed=3,
+                round=1,
+                epoch=epoch,
+            )
             for r in range(world_size)
         ]
         assert len({len(p) for p in plans}) == 1  # same step count on every rank
@@ -106,7 +141,13 @@ def test_every_example_exactly_once_per_epoch(n: int, batch_size: int, grad_accu
 
 def test_shuffle_is_seeded_and_varies_by_epoch() -> None:
     def order(epoch: int, seed: int = 0) -> list[int]:
-        return [i for step in plan_epoch(32, batch_size=32, grad_accum=1, rank=0, world_size=1, seed=seed, round=0, epoch=epoch) for i in step.micro_batches[0]]
+        return [
+            i
+            for step in plan_epoch(
+                32, batch_size=32, grad_accum=1, rank=0, world_size=1, seed=seed, round=0, epoch=epoch
+            )
+            for i in step.micro_batches[0]
+        ]
 
     assert order(0) == order(0)
     assert order(0) != order(1)

@@ -1,0 +1,69 @@
+"""Every job config validates against the schema; every cluster file parses and has its shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from evolve_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_job_configs_validate(path: Path) -> None:
+    load_config(path)
+
+
+def test_paper_recipe_has_the_paper_round_structure() -> None:
+    cfg = load_config(ROOT / "jobs" / "configs" / "llama8b_8gpu.yaml")
+    assert cfg.run.rounds == 3 and cfg.generation.turns == 3 and cfg.generation.num_samples == 4
+    assert cfg.training.use_gpu and cfg.training.strategy == "fsdp"
+
+
+def test_cluster_launcher_matches_rays_schema() -> None:
+    spec = importlib.util.find_spec("ray")
+    assert spec is not None and spec.submodule_search_locations
+    schema = json.loads((Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json").read_text())
+    doc = yaml.safe_load((ROOT / "cluster" / "gpu-cluster.yaml").read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["head_node_type"] in doc["available_node_types"]
+    assert any("install.sh" in c for c in doc["setup_commands"])
+
+
+def test_schema_check_can_fail() -> None:
+    spec = importlib.util.find_spec("ray")
+    schema = json.loads((Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"cluster_name": "x", "provider": {"type": "aws"}, "max_workers": "many"}, schema)
+
+
+def _pod_specs(cluster_spec: dict) -> list[dict]:
+    groups = [cluster_spec["headGroupSpec"], *cluster_spec["workerGroupSpecs"]]
+    return [g["template"]["spec"] for g in groups]
+
+
+@pytest.mark.parametrize("name", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
+def test_kuberay_manifests(name: str) -> None:
+    doc = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    assert doc["apiVersion"] == "ray.io/v1"
+    if doc["kind"] == "RayJob":
+        assert "jobs/run_evolve.py" in doc["spec"]["entrypoint"]
+        yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+        cluster = doc["spec"]["rayClusterSpec"]
+    else:
+        assert doc["kind"] == "RayCluster"
+        cluster = doc["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    for pod in _pod_specs(cluster):
+        assert pod["containers"] and all(c["image"] for c in pod["containers"])
+
+
+def test_runtime_env_parses() -> None:
+    env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "." and ".venv" in env["excludes"]
