@@ -61,6 +61,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evolve_ray.config import load_config
+    from evolve_ray.loop import eval_model
+    from evolve_ray.report import turn_series
+
+    sets = list(args.sets) + (["data.task=file", f"data.path={args.data}"] if args.data else [])
+    metrics = eval_model(
+        load_config(args.config, sets), args.model, Path(args.out), strategy=args.strategy, turns=args.turns
+    )
+    for quantity in ("accuracy", "score"):
+        series = turn_series(metrics, quantity)
+        if series:
+            print(f"{quantity:>9} by turn: " + "  ".join(f"t{t}={v:.3f}" for t, v in enumerate(series)))
+    print(f"wrote {args.out}/eval.json and eval.parquet")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from evolve_ray.export import export
 
@@ -141,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("eval", help="per-turn evaluation of a checkpoint on held-out prompts")
+    _config_args(p)
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--data", help="prompt file (default: the built-in task's eval split)")
+    p.add_argument("--strategy", choices=["direct", "chain"], default="chain")
+    p.add_argument("--turns", type=int, default=3, help="refinement turns after the first answer")
+    p.add_argument("--out", default="runs/eval")
+    p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")
     p.add_argument("--run", required=True)

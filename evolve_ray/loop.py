@@ -22,19 +22,18 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from evolve_ray.actors.buffer import BufferActor
-from evolve_ray.actors.generator import GeneratorActor
-from evolve_ray.actors.scorer import ScorerActor
-from evolve_ray.config import Config, dump_yaml, load_config, to_dict
+from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
+from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
+from evolve_ray.fleet import Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
-from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json, write_parquet
+from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.tasks.arith import make_task
 from evolve_ray.train.job import TrainerGroup
-from evolve_ray.types import Candidate, Prompt, Score, to_row
+from evolve_ray.types import Prompt
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
@@ -47,19 +46,28 @@ class Session:
     cfg: Config
     run: Path
     models: ResolvedModels
-    generators: list[Any]
-    scorers: list[Any]
-    buffer: Any
+    fleet: Fleet
     trainer: TrainerGroup
     exporter: MetricsExporter
     task: Any
     state: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def generators(self) -> list[Any]:
+        return self.fleet.generators
+
+    @property
+    def scorers(self) -> list[Any]:
+        return self.fleet.scorers
+
+    @property
+    def buffer(self) -> Any:
+        return self.fleet.buffer
+
     def close(self) -> None:
         """Stop the trainer group and the actors (names are free again for the next run)."""
         self.trainer.shutdown()
-        for actor in [*self.generators, *self.scorers, self.buffer]:
-            ray.kill(actor, no_restart=True)
+        self.fleet.close()
 
     def done(self, round_: int, stage: str) -> bool:
         last = self.state.get("last")
@@ -99,20 +107,41 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
     prompts = open_round(s, round_)
     pending = set(ray.get(s.buffer.pending_prompts.remote()))
     todo = [p for p in prompts if p.id in pending]
-    existing = ray.get(s.buffer.candidates_of.remote([p.id for p in todo]))
     shards = [todo[i :: len(s.generators)] for i in range(len(s.generators))]
-    gen_refs = [
-        g.generate.remote(shard, round_, [c for c in existing if c.prompt_id in {p.id for p in shard}], s.buffer)
-        for g, shard in zip(s.generators, shards, strict=True)
-        if shard
-    ]
-    score_refs = [sc.run.remote(s.buffer) for sc in s.scorers]
-    gen_stats = _wait_with_progress(gen_refs, s.buffer, f"round {round_} generate")
-    ray.get(s.buffer.generation_done.remote())
-    score_stats = ray.get(score_refs)
+    restarts_before = dict(s.fleet.restarts)
+
+    def generate(g: Any, i: int) -> ray.ObjectRef:
+        # Existing candidates come from the buffer at each (re)submission: a retried shard
+        # resumes every prompt where the journal says it stopped.
+        existing = ray.get(s.buffer.candidates_of.remote([p.id for p in shards[i]]))
+        return g.generate.remote(shards[i], round_, existing, s.buffer)
+
+    def score(sc: Any, i: int) -> ray.ObjectRef:
+        ray.get(s.buffer.requeue_inflight.remote())  # work a dead scorer held goes back in the queue
+        return sc.run.remote(s.buffer)
+
+    scoring = s.fleet.launch("scorer", score, list(range(len(s.scorers))))
+    generating = s.fleet.launch("generator", generate, [i for i, sh in enumerate(shards) if sh])
+    with tqdm(desc=f"round {round_} generate", unit="cand", leave=False) as bar:
+
+        def tick() -> None:
+            bar.update(int(ray.get(s.buffer.summary.remote())["buffer/candidates"]) - bar.n)
+
+        gen_stats = list(s.fleet.finish(generating, tick).values())
+    # generation_done is re-sent on every tick: a restarted buffer starts without it.
+    score_stats = list(s.fleet.finish(scoring, lambda: ray.get(s.buffer.generation_done.remote())).values())
+    out = collect_metrics(s, gen_stats, score_stats)
+    out["gen/prompts"] = float(len(prompts))
+    for role in ("generator", "scorer"):
+        out[f"fault/{role}_restarts"] = float(s.fleet.restarts[role] - restarts_before.get(role, 0))
+    return out
+
+
+def collect_metrics(s: Session, gen_stats: list[dict], score_stats: list[dict]) -> dict[str, Any]:
+    """The collect stage's report keys: buffer counts, per-turn refinement stats, throughput."""
     summary = ray.get(s.buffer.finalize.remote())
     scored = ray.get(s.buffer.all_scored.remote())
-    chains = _chain_scores([sc.candidate for sc in scored], {sc.candidate.id: sc.score for sc in scored})
+    chains = chain_scores([sc.candidate for sc in scored], {sc.candidate.id: sc.score for sc in scored})
     stats = turn_stats(chains, tolerance=s.cfg.selection.tie_tolerance)
     tokens = sum(st["gen/tokens"] for st in gen_stats)
     gen_s = max((st["gen/seconds"] for st in gen_stats), default=0.0)
@@ -128,10 +157,9 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
         {
             "gen/tokens": tokens,
             "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
-            "gen/prompts": float(len(prompts)),
             "score/reward_mean": sum(valid) / len(valid) if valid else float("nan"),
             "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
-            "pairs/margin_mean": _mean(
+            "pairs/margin_mean": mean(
                 [
                     p.chosen_score - p.rejected_score
                     for p in pairs
@@ -141,7 +169,7 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
         }
     )
     for k in ("improved_frac", "degraded_frac"):
-        out[f"refine/{k}"] = _mean([v for key, v in stats.items() if key.endswith(k)])
+        out[f"refine/{k}"] = mean([v for key, v in stats.items() if key.endswith(k)])
     return out
 
 
@@ -152,44 +180,26 @@ def train(s: Session, round_: int) -> dict[str, Any]:
         log.warning("round %d produced no pairs: skipping training (the policy stays as it is)", round_)
         return {"train/skipped": 1.0, "policy/version": float(_served_version(s))}
     metrics = s.trainer.train_round(round_, pairs, s.generators)
+    s.fleet.served(version=round_ + 1, policy=str(checkpoint_dir(s.run, round_)))
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def evaluate(s: Session, round_: int) -> dict[str, Any]:
     """Greedy chain on held-out prompts; score and (if verifiable) accuracy per turn."""
-    n = s.cfg.data.eval_prompts
-    if n == 0:
+    if s.cfg.data.eval_prompts == 0:
         return {}
-    prompts = s.task.prompts("eval", n)
-    by_id = {p.id: p for p in prompts}
-    shards = [prompts[i :: len(s.generators)] for i in range(len(s.generators))]
-    turns = s.cfg.run.eval_turns if s.cfg.run.eval_strategy == "chain" else 0
-    refs = [
-        g.generate_eval.remote(sh, round_, "chain", turns) for g, sh in zip(s.generators, shards, strict=True) if sh
-    ]
-    cands: list[Candidate] = [c for part in ray.get(refs) for c in part]
-    batch = [(c, by_id[c.prompt_id]) for c in cands]
-    parts = [batch[i :: len(s.scorers)] for i in range(len(s.scorers))]
-    scores: list[Score] = [
-        x for part in ray.get([sc.score.remote(p) for sc, p in zip(s.scorers, parts, strict=True)]) for x in part
-    ]
-    score_of = {x.candidate_id: x.value for x in scores}
-    write_parquet(
-        round_dir(s.run, round_) / "eval.parquet",
-        [to_row(c) | {"question": by_id[c.prompt_id].question, "score": score_of.get(c.id)} for c in cands],
+    chain = s.cfg.run.eval_strategy == "chain"
+    return evaluate_prompts(
+        s.generators,
+        s.scorers,
+        s.task,
+        s.task.prompts("eval", s.cfg.data.eval_prompts),
+        round_=round_,
+        strategy="chain" if chain else "direct",
+        turns=s.cfg.run.eval_turns if chain else 0,
+        tolerance=s.cfg.selection.tie_tolerance,
+        out_file=round_dir(s.run, round_) / "eval.parquet",
     )
-    out: dict[str, Any] = {}
-    for k, v in turn_stats(_chain_scores(cands, score_of), tolerance=s.cfg.selection.tie_tolerance).items():
-        out[f"eval/{k}"] = v
-    if hasattr(s.task, "verify"):
-        correct = {c.id: float(s.task.verify(by_id[c.prompt_id], c.text)) for c in cands}
-        for t in range(turns + 1):
-            vals = [correct[c.id] for c in cands if c.turn == t]
-            out[f"eval/turn_{t}_accuracy"] = _mean(vals)
-        acc_stats = turn_stats(_chain_scores(cands, correct), tolerance=0.5)
-        out.update({f"eval/acc_{k}": v for k, v in acc_stats.items() if not k.endswith("_score")})
-    out["eval/direct_score"] = out.get("eval/turn_0_score", float("nan"))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,29 +281,16 @@ def _engine_env(run_dir: Path) -> dict[str, str]:
 def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict) -> Session:
     trained = _trained_rounds(run_dir, state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
-    g, sc = cfg.generation, cfg.scoring
-    env = {"env_vars": _engine_env(run_dir)}
-    gens = [
-        GeneratorActor.options(
-            name=f"generator-{i}", num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator, runtime_env=env
-        ).remote(cfg, policy, i, trained)
-        for i in range(g.num_generators)
-    ]
-    scorers = [
-        ScorerActor.options(
-            name=f"scorer-{i}", num_cpus=sc.cpus_per_scorer, num_gpus=sc.gpus_per_scorer, runtime_env=env
-        ).remote(cfg, models.reward, i)
-        for i in range(sc.num_scorers)
-    ]
-    buffer = BufferActor.options(name="buffer").remote(cfg, str(run_dir))
+    fleet = Fleet(
+        cfg, run_dir, policy=policy, version=trained, reward=models.reward, env={"env_vars": _engine_env(run_dir)}
+    )
     trainer = TrainerGroup(cfg, policy, run_dir, models.tokenizer, reference_model=models.policy)
     trainer.start()  # the worker group starts while generators load
-    infos = ray.get([x.info.remote() for x in gens])
-    ray.get([x.info.remote() for x in scorers])
+    infos = fleet.ready()
     log.info("generators ready: %s", ", ".join(f"{i['index']}:{i['backend']}@v{i['version']}" for i in infos))
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, gens, scorers, buffer, trainer, exporter, task, state)
+    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state)
 
 
 def _trained_rounds(run_dir: Path, state: dict) -> int:
@@ -309,23 +306,32 @@ def _served_version(s: Session) -> int:
     return ray.get(s.generators[0].version.remote())
 
 
-def _wait_with_progress(refs: list, buffer: Any, desc: str) -> list[dict[str, float]]:
-    with tqdm(desc=desc, unit="cand", leave=False) as bar:
-        pending = list(refs)
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-            n = int(ray.get(buffer.summary.remote())["buffer/candidates"])
-            bar.update(n - bar.n)
-    return ray.get(refs)
+# ----------------------------------------------------------------------------------------------
+# Standalone evaluation (`evolve-ray eval`)
 
 
-def _chain_scores(cands: list[Candidate], score_of: dict[str, float | None]) -> dict[str, list[float | None]]:
-    """Chain 0's scores by turn, per prompt (the chain that refinement statistics follow)."""
-    out: dict[str, list[float | None]] = {}
-    for c in sorted((c for c in cands if c.chain == 0), key=lambda c: (c.prompt_id, c.turn)):
-        out.setdefault(c.prompt_id, []).append(score_of.get(c.id))
-    return out
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
+def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int) -> dict[str, Any]:
+    """Evaluate one checkpoint per turn on the task's eval prompts; writes eval.parquet and eval.json."""
+    check_writable(out_dir)
+    models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
+    task = make_task(cfg.data.task, seed=cfg.data.seed)
+    connect(cfg, out_dir)
+    fleet = Fleet(
+        cfg, out_dir, policy=models.policy, version=0, reward=models.reward, env={"env_vars": _engine_env(out_dir)}
+    )
+    try:
+        metrics = evaluate_prompts(
+            fleet.generators,
+            fleet.scorers,
+            task,
+            task.prompts("eval", cfg.data.eval_prompts),
+            round_=0,
+            strategy=strategy,
+            turns=turns,
+            tolerance=cfg.selection.tie_tolerance,
+            out_file=out_dir / "eval.parquet",
+        )
+    finally:
+        fleet.close()
+    write_json(out_dir / "eval.json", finite_row(metrics | {"model": model_path, "strategy": strategy}))
+    return metrics

@@ -46,6 +46,15 @@ class BufferActor:
         self.state: BufferState | None = None
         self.generation_finished = False
         self.extract = make_task(cfg.data.task, seed=cfg.data.seed).extract_answer if cfg.data.task != "file" else None
+        self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
+
+    def _reopen_latest(self) -> None:
+        journals = sorted((self.run_dir / "rounds").glob("r*/journal/prompts"))
+        if journals:
+            round_ = int(journals[-1].parent.parent.name[1:])
+            journal = RoundJournal(journals[-1].parent)
+            self.state = BufferState(round_, journal, make_selector(self.cfg, round_, self.extract))
+            log.info("buffer reopened round %d from its journal (%d candidates)", round_, len(self.state.candidates))
 
     def open_round(self, round_: int, prompts: list[Prompt]) -> dict:
         """Start (or, after a restart, resume from the journal) the round with these prompts.

@@ -18,7 +18,8 @@ from evolve_ray.types import Candidate, Prompt
 log = logging.getLogger(__name__)
 
 
-@ray.remote
+# `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
+@ray.remote(concurrency_groups={"control": 1})
 class GeneratorActor:
     def __init__(self, cfg: Config, model_path: str, index: int, version: int = 0) -> None:
         logging.basicConfig(level=cfg.run.log_level)
@@ -31,6 +32,7 @@ class GeneratorActor:
         self.runner = GenerationRunner(self.engine, self.tokenizer, cfg)
         log.info("generator %d ready: backend=%s model=%s", index, self.engine.name, model_path)
 
+    @ray.method(concurrency_group="control")
     def info(self) -> dict:
         return {"index": self.index, "backend": self.engine.name, "version": self.served_version, "pid": os.getpid()}
 

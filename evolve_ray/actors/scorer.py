@@ -22,7 +22,8 @@ def make_scorer(cfg: Config, reward_path: str) -> Scorer:
     return RewardModelScorer(cfg, reward_path)
 
 
-@ray.remote
+# `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
+@ray.remote(concurrency_groups={"control": 1})
 class ScorerActor:
     def __init__(self, cfg: Config, reward_path: str, index: int) -> None:
         logging.basicConfig(level=cfg.run.log_level)
@@ -30,6 +31,7 @@ class ScorerActor:
         self.scorer = make_scorer(cfg, reward_path)
         self.scored = 0
 
+    @ray.method(concurrency_group="control")
     def info(self) -> dict:
         return {"index": self.index, "kind": self.cfg.scoring.kind, "pid": os.getpid(), "scored": self.scored}
 

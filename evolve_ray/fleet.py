@@ -1,0 +1,115 @@
+"""The run's actors and what happens when one dies.
+
+A generator or scorer that dies mid-round (killed, or its process exits) is replaced by a new
+actor serving the latest policy, and its share of the work is submitted again: the buffer's
+journal holds every candidate and score already streamed, so the planner resumes each prompt
+where it stopped and nothing is generated or paired twice. Restarts are counted for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from evolve_ray.actors.buffer import BufferActor
+from evolve_ray.actors.generator import GeneratorActor
+from evolve_ray.actors.scorer import ScorerActor
+from evolve_ray.config import Config
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 4  # per shard and stage: a deterministic failure must not loop forever
+
+
+@dataclass
+class Launch:
+    """Work handed to one role's actors: which call is pending for which actor index."""
+
+    role: str
+    submit: Callable[[Any, int], ray.ObjectRef]
+    pending: dict[ray.ObjectRef, int]
+    attempts: Counter[int] = field(default_factory=Counter)
+    results: dict[int, Any] = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self, cfg: Config, run_dir: Path, *, policy: str, version: int, reward: str, env: dict) -> None:
+        self.cfg, self.run_dir, self.env = cfg, run_dir, env
+        self.policy, self.version, self.reward = policy, version, reward
+        self.restarts: Counter[str] = Counter()
+        self.generators = [self._generator(i) for i in range(cfg.generation.num_generators)]
+        self.scorers = [self._scorer(i) for i in range(cfg.scoring.num_scorers)]
+        # Every buffer method is idempotent (ids dedupe, state is rebuilt from the journal), so
+        # calls made while Ray restarts a dead buffer are simply retried against the new one.
+        self.buffer = BufferActor.options(name="buffer", max_restarts=-1, max_task_retries=-1).remote(cfg, str(run_dir))
+
+    def _generator(self, i: int) -> Any:
+        g = self.cfg.generation
+        return GeneratorActor.options(
+            name=f"generator-{i}", num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator, runtime_env=self.env
+        ).remote(self.cfg, self.policy, i, self.version)
+
+    def _scorer(self, i: int) -> Any:
+        s = self.cfg.scoring
+        return ScorerActor.options(
+            name=f"scorer-{i}", num_cpus=s.cpus_per_scorer, num_gpus=s.gpus_per_scorer, runtime_env=self.env
+        ).remote(self.cfg, self.reward, i)
+
+    def ready(self) -> list[dict]:
+        infos = ray.get([g.info.remote() for g in self.generators])
+        ray.get([s.info.remote() for s in self.scorers])
+        return infos
+
+    def served(self, *, version: int, policy: str) -> None:
+        """The generators now serve `version`; a replacement must load `policy` (its checkpoint)."""
+        self.version, self.policy = version, policy
+
+    def replace(self, role: str, i: int) -> None:
+        actors = self.generators if role == "generator" else self.scorers
+        ray.kill(actors[i], no_restart=True)
+        actors[i] = self._generator(i) if role == "generator" else self._scorer(i)
+        self.restarts[role] += 1
+        log.warning("%s %d died; replaced it (restarts so far: %d)", role, i, self.restarts[role])
+
+    def launch(self, role: str, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int]) -> Launch:
+        """Start `submit(actor, i)` for each index without waiting (stages overlap)."""
+        actors = self.generators if role == "generator" else self.scorers
+        return Launch(role, submit, {submit(actors[i], i): i for i in indices})
+
+    def finish(self, job: Launch, on_tick: Callable[[], None] = lambda: None) -> dict[int, Any]:
+        """Wait for a launch; replace a dead actor and resubmit its share of the work."""
+        actors = self.generators if job.role == "generator" else self.scorers
+        while job.pending:
+            ready, _ = ray.wait(list(job.pending), num_returns=1, timeout=1.0)
+            on_tick()
+            for ref in ready:
+                i = job.pending.pop(ref)
+                try:
+                    job.results[i] = ray.get(ref)
+                    continue
+                except RayActorError:
+                    self._count_attempt(job, i)
+                    self.replace(job.role, i)
+                except ray.exceptions.RayTaskError as e:  # e.g. the buffer restarted under a call
+                    self._count_attempt(job, i)
+                    log.warning("%s %d failed (%s); retrying", job.role, i, type(e.cause).__name__)
+                    time.sleep(1.0)
+                job.pending[job.submit(actors[i], i)] = i
+        return job.results
+
+    @staticmethod
+    def _count_attempt(job: Launch, i: int) -> None:
+        job.attempts[i] += 1
+        if job.attempts[i] >= MAX_ATTEMPTS:
+            raise RuntimeError(f"{job.role} {i} failed {MAX_ATTEMPTS} times in a row; giving up on this stage")
+
+    def close(self) -> None:
+        for actor in [*self.generators, *self.scorers, self.buffer]:
+            ray.kill(actor, no_restart=True)
