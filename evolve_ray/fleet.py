@@ -23,6 +23,7 @@ from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import Config
+from evolve_ray.tasks.base import Task
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 4  # per shard and stage: a deterministic failure must not loop forever
@@ -40,15 +41,19 @@ class Launch:
 
 
 class Fleet:
-    def __init__(self, cfg: Config, run_dir: Path, *, policy: str, version: int, reward: str, env: dict) -> None:
-        self.cfg, self.run_dir, self.env = cfg, run_dir, env
+    def __init__(
+        self, cfg: Config, run_dir: Path, *, policy: str, version: int, reward: str, env: dict, task: Task
+    ) -> None:
+        self.cfg, self.run_dir, self.env, self.task = cfg, run_dir, env, task
         self.policy, self.version, self.reward = policy, version, reward
         self.restarts: Counter[str] = Counter()
         self.generators = [self._generator(i) for i in range(cfg.generation.num_generators)]
         self.scorers = [self._scorer(i) for i in range(cfg.scoring.num_scorers)]
         # Every buffer method is idempotent (ids dedupe, state is rebuilt from the journal), so
         # calls made while Ray restarts a dead buffer are simply retried against the new one.
-        self.buffer = BufferActor.options(name="buffer", max_restarts=-1, max_task_retries=-1).remote(cfg, str(run_dir))
+        self.buffer = BufferActor.options(name="buffer", max_restarts=-1, max_task_retries=-1).remote(
+            cfg, str(run_dir), task
+        )
 
     def _generator(self, i: int) -> Any:
         g = self.cfg.generation
@@ -60,7 +65,7 @@ class Fleet:
         s = self.cfg.scoring
         return ScorerActor.options(
             name=f"scorer-{i}", num_cpus=s.cpus_per_scorer, num_gpus=s.gpus_per_scorer, runtime_env=self.env
-        ).remote(self.cfg, self.reward, i)
+        ).remote(self.cfg, self.reward, i, self.task)
 
     def ready(self) -> list[dict]:
         infos = ray.get([g.info.remote() for g in self.generators])

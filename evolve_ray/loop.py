@@ -31,7 +31,7 @@ from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
 from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json
-from evolve_ray.tasks.arith import make_task
+from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import Prompt
 
@@ -228,7 +228,7 @@ def resume_run(run_dir: Path) -> Path:
 
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
-    task = make_task(cfg.data.task, seed=cfg.data.seed)
+    task = make_task(cfg.data)
     connect(cfg, run_dir)
     s = _start_session(cfg, run_dir, models, task, state)
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
@@ -282,7 +282,13 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     trained = _trained_rounds(run_dir, state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
     fleet = Fleet(
-        cfg, run_dir, policy=policy, version=trained, reward=models.reward, env={"env_vars": _engine_env(run_dir)}
+        cfg,
+        run_dir,
+        policy=policy,
+        version=trained,
+        reward=models.reward,
+        env={"env_vars": _engine_env(run_dir)},
+        task=task,
     )
     trainer = TrainerGroup(cfg, policy, run_dir, models.tokenizer, reference_model=models.policy)
     trainer.start()  # the worker group starts while generators load
@@ -314,10 +320,16 @@ def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, tu
     """Evaluate one checkpoint per turn on the task's eval prompts; writes eval.parquet and eval.json."""
     check_writable(out_dir)
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
-    task = make_task(cfg.data.task, seed=cfg.data.seed)
+    task = make_task(cfg.data)
     connect(cfg, out_dir)
     fleet = Fleet(
-        cfg, out_dir, policy=models.policy, version=0, reward=models.reward, env={"env_vars": _engine_env(out_dir)}
+        cfg,
+        out_dir,
+        policy=models.policy,
+        version=0,
+        reward=models.reward,
+        env={"env_vars": _engine_env(out_dir)},
+        task=task,
     )
     try:
         metrics = evaluate_prompts(

@@ -12,7 +12,7 @@ from evolve_ray.config import Config
 from evolve_ray.core.buffer import BufferState, RoundJournal
 from evolve_ray.core.selection import Selection, select_pairs
 from evolve_ray.rundir import round_dir
-from evolve_ray.tasks.arith import make_task
+from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ def make_selector(cfg: Config, round_: int, extract_answer=None):
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class BufferActor:
-    def __init__(self, cfg: Config, run_dir: str) -> None:
+    def __init__(self, cfg: Config, run_dir: str, task: Task) -> None:
         logging.basicConfig(level=cfg.run.log_level)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.state: BufferState | None = None
         self.generation_finished = False
-        self.extract = make_task(cfg.data.task, seed=cfg.data.seed).extract_answer if cfg.data.task != "file" else None
+        self.extract = task.extract_answer if task.verifiable else None
         self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
 
     def _reopen_latest(self) -> None:

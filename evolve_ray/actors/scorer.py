@@ -10,25 +10,27 @@ import ray
 
 from evolve_ray.config import Config
 from evolve_ray.scoring import RewardModelScorer, Scorer, VerifierScorer
-from evolve_ray.tasks.arith import make_task
+from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
 
 log = logging.getLogger(__name__)
 
 
-def make_scorer(cfg: Config, reward_path: str) -> Scorer:
+def make_scorer(cfg: Config, reward_path: str, task: Task) -> Scorer:
     if cfg.scoring.kind == "verifier":
-        return VerifierScorer(make_task(cfg.data.task, seed=cfg.data.seed))
+        if not task.verifiable:
+            raise ValueError(f"scoring.kind=verifier needs a verifiable task; {task.name} is not")
+        return VerifierScorer(task)
     return RewardModelScorer(cfg, reward_path)
 
 
 # `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
 @ray.remote(concurrency_groups={"control": 1})
 class ScorerActor:
-    def __init__(self, cfg: Config, reward_path: str, index: int) -> None:
+    def __init__(self, cfg: Config, reward_path: str, index: int, task: Task) -> None:
         logging.basicConfig(level=cfg.run.log_level)
         self.cfg, self.index = cfg, index
-        self.scorer = make_scorer(cfg, reward_path)
+        self.scorer = make_scorer(cfg, reward_path, task)
         self.scored = 0
 
     @ray.method(concurrency_group="control")

@@ -28,6 +28,7 @@ class ArithTask:
     seed: int = 0
     digits: int = 2
     name: str = "arith"
+    verifiable: bool = True
 
     def _pairs(self, split: str):
         rng = random.Random(f"{self.seed}/{split}")
@@ -57,8 +58,3 @@ class ArithTask:
     def verify(self, prompt: Prompt, text: str) -> bool:
         return prompt.answer is not None and self.extract_answer(text) == prompt.answer
 
-
-def make_task(name: str, *, seed: int) -> ArithTask:
-    if name == "arith":
-        return ArithTask(seed=seed)
-    raise ValueError(f"unknown built-in task {name!r} (valid: arith)")

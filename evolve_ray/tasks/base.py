@@ -8,7 +8,13 @@ from evolve_ray.types import Prompt
 
 
 class Task(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def verifiable(self) -> bool:
+        """True when `verify` can check an answer (exact tasks, GSM8K-style files)."""
+        ...
 
     def prompts(self, split: str, n: int, *, offset: int = 0) -> list[Prompt]:
         """`n` prompts of split 'train' | 'round' | 'eval', starting at `offset` within the split."""

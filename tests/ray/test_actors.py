@@ -16,10 +16,12 @@ from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.engines.base import WeightLoadError
 from evolve_ray.scoring import conversation_ids
 from evolve_ray.sync.transport import pack
+from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Prompt
 
 from .helpers import hf_greedy
 
+TASK = ArithTask()
 QUESTIONS = ["12+34=", "50+7=", "what is 9+9?", "3+4="]
 
 
@@ -60,7 +62,7 @@ def test_greedy_through_actor_equals_transformers(generators, tokenizer, cfg) ->
 
 
 def test_chain_of_k_turns_has_lineage_and_two_generators_split_the_prompts(generators, cfg) -> None:
-    buf = BufferActor.remote(cfg, cfg.run.out + "/split")
+    buf = BufferActor.remote(cfg, cfg.run.out + "/split", TASK)
     prompts = _prompts(6)
     ray.get(buf.open_round.remote(0, prompts))
     halves = [prompts[0::2], prompts[1::2]]
@@ -112,7 +114,7 @@ def test_scorer_equals_reward_model_forward(ray_cluster, cfg, tiny_models, token
 
     from evolve_ray.types import Candidate
 
-    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0)
+    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0, TASK)
     prompts = _prompts(3)
     batch = [(Candidate(p.id, 0, 0, f"answer {i}", None, 0, 0, "chain"), p) for i, p in enumerate(prompts)]
     scores = ray.get(scorer.score.remote(batch))
@@ -127,13 +129,13 @@ def test_scorer_equals_reward_model_forward(ray_cluster, cfg, tiny_models, token
 
 def test_buffer_pairs_only_complete_scored_chains_and_survives_recreation(generators, cfg) -> None:
     run = cfg.run.out + "/buffer"
-    buf = BufferActor.remote(cfg, run)
+    buf = BufferActor.remote(cfg, run, TASK)
     prompts = _prompts(4)
     ray.get(buf.open_round.remote(0, prompts))
     # Generate two prompts fully, but score nothing yet: no pairs may exist.
     ray.get(generators[0].generate.remote(prompts[:2], 0, [], buf))
     assert ray.get(buf.pairs.remote()) == []
-    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0)
+    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0, TASK)
     batch, _ = ray.get(buf.next_for_scoring.remote(100))
     ray.get(buf.add_scores.remote(ray.get(scorer.score.remote(batch))))
     summary = ray.get(buf.summary.remote())
@@ -142,7 +144,7 @@ def test_buffer_pairs_only_complete_scored_chains_and_survives_recreation(genera
     assert {p.prompt_id for p in pairs_before} <= {"p0", "p1"}
     # Kill the buffer; a new one replays the journal and continues with the rest of the round.
     ray.kill(buf, no_restart=True)
-    buf2 = BufferActor.remote(cfg, run)
+    buf2 = BufferActor.remote(cfg, run, TASK)
     ray.get(buf2.open_round.remote(0, prompts))
     assert ray.get(buf2.pairs.remote()) == pairs_before
     pending = ray.get(buf2.pending_prompts.remote())
