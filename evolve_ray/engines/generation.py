@@ -35,6 +35,29 @@ class TurnPlan:
     token_ids: list[list[int]] = field(default_factory=list)
 
 
+@dataclass
+class RunState:
+    """What one `run` knows: candidates per prompt, and chains given up on (prompt too long)."""
+
+    strategy: str
+    num_samples: int
+    turns: int
+    by_prompt: dict[str, list[Candidate]]
+    texts: dict[str, str]
+    dead_chains: set[tuple[str, int]] = field(default_factory=set)
+
+    def next_requests(self, pid: str) -> list[GenRequest]:
+        reqs = plan_next(
+            self.strategy, num_samples=self.num_samples, turns=self.turns, existing=self.by_prompt[pid], prompt_id=pid
+        )
+        return [r for r in reqs if (r.prompt_id, r.chain) not in self.dead_chains]
+
+    def add(self, cands: list[Candidate]) -> None:
+        for c in cands:
+            self.by_prompt[c.prompt_id].append(c)
+            self.texts[c.id] = c.text
+
+
 class GenerationRunner:
     """Runs the configured strategy for a set of prompts on one engine."""
 
@@ -58,31 +81,19 @@ class GenerationRunner:
     ) -> dict[str, float]:
         """Generate every missing candidate of `prompts`; returns counters for the report."""
         g = self.cfg.generation
-        strategy, turns = strategy or g.strategy, g.turns if turns is None else turns
         by_prompt: dict[str, list[Candidate]] = {p.id: [] for p in prompts}
         for c in existing:
             by_prompt.setdefault(c.prompt_id, []).append(c)
-        questions = {p.id: p.question for p in prompts}
-        texts = {c.id: c.text for cs in by_prompt.values() for c in cs}
-        dead_chains: set[tuple[str, int]] = set()
+        st = RunState(
+            strategy or g.strategy,
+            g.num_samples,
+            g.turns if turns is None else turns,
+            by_prompt,
+            {c.id: c.text for cs in by_prompt.values() for c in cs},
+        )
         counts: Counter[str] = Counter()
         t0, tokens = time.perf_counter(), 0
-        while True:
-            plan = TurnPlan()
-            for p in prompts:
-                for req in plan_next(
-                    strategy, num_samples=g.num_samples, turns=turns, existing=by_prompt[p.id], prompt_id=p.id
-                ):
-                    if (req.prompt_id, req.chain) in dead_chains:
-                        continue
-                    ids = self._prompt_ids(req, questions[req.prompt_id], texts, counts)
-                    if ids is None:
-                        dead_chains.add((req.prompt_id, req.chain))
-                        continue
-                    plan.requests.append(req)
-                    plan.token_ids.append(ids)
-            if not plan.requests:
-                break
+        while plan := self._plan_turn(prompts, st, counts):
             seeds = [request_seed(g.seed, round_, r) for r in plan.requests]
             outs = self.engine.generate(plan.token_ids, spec or self.spec, seeds)
             cands = [
@@ -94,33 +105,34 @@ class GenerationRunner:
                     parent_id=r.parent_id,
                     policy_version=version,
                     round=round_,
-                    strategy=strategy,
+                    strategy=st.strategy,
                     num_tokens=len(o.token_ids),
                     finish_reason=o.finish_reason,
                 )
                 for r, o in zip(plan.requests, outs, strict=True)
             ]
-            for c in cands:
-                by_prompt[c.prompt_id].append(c)
-                texts[c.id] = c.text
-                tokens += c.num_tokens
+            st.add(cands)
+            tokens += sum(c.num_tokens for c in cands)
             touched = {c.prompt_id for c in cands}
-            emit(cands, [pid for pid in touched if not self._more(strategy, turns, pid, by_prompt, dead_chains)])
+            emit(cands, [pid for pid in touched if not st.next_requests(pid)])
             counts["turns"] += 1
         # Prompts that needed nothing (already complete, or every chain skipped) are finished too.
-        idle = [p.id for p in prompts if not self._more(strategy, turns, p.id, by_prompt, dead_chains)]
-        emit([], idle)
-        seconds = time.perf_counter() - t0
-        return {
-            "gen/tokens": float(tokens),
-            "gen/seconds": seconds,
-            **{f"gen/{k}": float(v) for k, v in counts.items()},
-        }
+        emit([], [p.id for p in prompts if not st.next_requests(p.id)])
+        stats = {f"gen/{k}": float(v) for k, v in counts.items()}
+        return stats | {"gen/tokens": float(tokens), "gen/seconds": time.perf_counter() - t0}
 
-    def _more(self, strategy: str, turns: int, pid: str, by_prompt: dict, dead: set) -> bool:
-        g = self.cfg.generation
-        reqs = plan_next(strategy, num_samples=g.num_samples, turns=turns, existing=by_prompt[pid], prompt_id=pid)
-        return any((r.prompt_id, r.chain) not in dead for r in reqs)
+    def _plan_turn(self, prompts: list[Prompt], st: RunState, counts: Counter) -> TurnPlan | None:
+        """The next turn's requests across all prompts, with their prompt token ids."""
+        plan = TurnPlan()
+        for p in prompts:
+            for req in st.next_requests(p.id):
+                ids = self._prompt_ids(req, p.question, st.texts, counts)
+                if ids is None:
+                    st.dead_chains.add((req.prompt_id, req.chain))
+                    continue
+                plan.requests.append(req)
+                plan.token_ids.append(ids)
+        return plan if plan.requests else None
 
     def _prompt_ids(self, req: GenRequest, question: str, texts: dict[str, str], counts: Counter) -> list[int] | None:
         if req.turn == 0:
