@@ -22,6 +22,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from tqdm import tqdm
 
 from evolve_ray.config import Config
 from evolve_ray.engines.base import checkpoint_shapes
@@ -126,7 +127,7 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     tcfg = w.cfg.training
     torch.manual_seed(tcfg.seed + job.round)
     examples = build_examples(ray.get(job.pairs[0]), w.tokenizer, tcfg)
-    history, checksums, ref_metrics = optimise(w, examples, job.round)
+    history, checksums, facts = optimise(w, examples, job.round, received_at=t0)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     state = full_state_dict(w.model, tcfg)  # collective under FSDP
@@ -136,7 +137,7 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
         sync_s = push_weights(state, job)
     metrics = (
         round_metrics(history, len(examples))
-        | ref_metrics
+        | facts
         | {
             "train/seconds": train_s,
             "train/save_seconds": time.perf_counter() - t1 - sync_s,
@@ -148,11 +149,12 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
 
 
 def optimise(
-    w: Worker, examples: list[Example], round_: int
+    w: Worker, examples: list[Example], round_: int, *, received_at: float
 ) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
     """Frozen log-probs, then every optimizer step of the round. Returns per-step metrics, this
-    rank's parameter checksum after each step, and the mean reference log-prob of the direct
-    chosen responses (a fingerprint of which model the reference was)."""
+    rank's parameter checksum after each step, and round facts: train/first_step_delay_s (from
+    `received_at`, the job's receipt, to the first optimizer step) and the mean reference log-prob
+    of the direct chosen responses (a fingerprint of which model the reference was)."""
     tcfg = w.cfg.training
     terms = loss_terms(tcfg)
     pad_id = w.tokenizer.pad_token_id
@@ -177,8 +179,9 @@ def optimise(
     ]
     optimizer, scheduler = build_optimizer(w.model, tcfg, len(plans))
     w.model.train()
+    facts = {"train/first_step_delay_s": time.perf_counter() - received_at}  # job receipt -> first step
     history, checksums = [], []
-    for plan in plans:
+    for plan in tqdm(plans, desc=f"round {round_} train", unit="step", disable=w.rank != 0, mininterval=2.0):
         history.append(
             optimizer_step(
                 w.model,
@@ -203,10 +206,9 @@ def optimise(
             history[0]["train/loss"],
             history[-1]["train/loss"],
         )
-    ref_metrics = {}
     if frozen.ref is not None and examples:
-        ref_metrics["train/ref_chosen_logp"] = frozen.ref[:, 0, 0].mean().item()
-    return history, checksums, ref_metrics
+        facts["train/ref_chosen_logp"] = frozen.ref[:, 0, 0].mean().item()
+    return history, checksums, facts
 
 
 def round_metrics(history: list[dict[str, float]], num_examples: int) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,13 +26,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_start_cluster():
+    """`ray start --head --block` in its own process group. Stopping that group stops this cluster
+    only: `ray stop` would kill every Ray process on the machine, the session's cluster included."""
     env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     gcs, dash = _free_port(), _free_port()
-    subprocess.run(
+    head = subprocess.Popen(
         [
             BIN / "ray",
             "start",
             "--head",
+            "--block",
             f"--port={gcs}",
             f"--dashboard-port={dash}",
             "--dashboard-host=127.0.0.1",
@@ -39,19 +43,37 @@ def ray_start_cluster():
             "--disable-usage-stats",
         ],
         env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
+        _wait_for_dashboard(f"http://127.0.0.1:{dash}", head)
         yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}"
     finally:
-        subprocess.run(
-            [BIN / "ray", "stop", "--force"],
-            env=env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"},
-            capture_output=True,
-            timeout=120,
-        )
+        os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops its own processes
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without the token): it is up
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError("the dashboard did not come up")
 
 
 def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp_path) -> None:
