@@ -22,7 +22,8 @@ def ray_cluster(_engine_env: None) -> Iterator[None]:
 
     # Logical CPUs are a scheduling budget, not cores: 4 lets generators, a scorer and two
     # train workers co-exist on a 2-core machine (STACK.md: they must add up).
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": a fresh cluster even when another (`ray start`) runs on this machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
