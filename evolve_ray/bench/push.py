@@ -1,0 +1,114 @@
+"""push: the trainer's weight push (evolve_ray.train.worker.push_weights: pack -> ray.put ->
+every generator's load_weights, as rank 0 runs it) into 1 and 2 live vLLM generators serving a
+model of that size, against copying the same bytes once in memory in the same process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ray
+import torch
+from safetensors.torch import load_file
+
+from evolve_ray.bench.context import (
+    MAX_MODEL_LEN,
+    PUSH_SPECS,
+    BenchContext,
+    best_of,
+    kv_cache_mib,
+    param_count,
+    peak_rss_mb,
+    wall,
+)
+from evolve_ray.bench.report import BenchResult, Figure, Goal
+from evolve_ray.sync.transport import pack
+from evolve_ray.train.worker import RoundJob, push_weights
+
+GOAL_FROM_PARAMS = 100e6  # the 4x goal applies at 100M parameters and above
+REPS = 2
+
+
+def copy_seconds(data: bytes) -> float:
+    """One in-memory copy of `data` into a new buffer (allocation and page faults included)."""
+    t = time.perf_counter()
+    dst = bytearray(data)
+    seconds = time.perf_counter() - t
+    del dst
+    return seconds
+
+
+def pack_put_copy(state: dict[str, torch.Tensor]) -> tuple[float, float, float, int]:
+    """Seconds to pack and to ray.put the payload alone, the copy peer (best of 3), payload bytes."""
+    pack_s, payload = wall(lambda: pack(state, version=0, transport="object_store"))
+    data = payload.data or b""
+    put_s, ref = wall(lambda: ray.put(payload))
+    copy_s, _ = best_of(3, lambda: copy_seconds(data))
+    del ref
+    return pack_s, put_s, copy_s, len(data)
+
+
+def sizes(ctx: BenchContext) -> list[str]:
+    if ctx.smoke:
+        return ["10M"]
+    return ["10M", "100M", "500M"] if ctx.large else ["10M", "100M"]
+
+
+def push_size(ctx: BenchContext, label: str) -> BenchResult:
+    """One model size's figures, settings, generator memory and where the push time goes."""
+    spec = PUSH_SPECS[label]
+    policy = ctx.model(f"push-{label}", spec)["policy"]
+    cfg = ctx.config(
+        policy,
+        **{"model.max_model_len": MAX_MODEL_LEN, "generation.kv_cache_mib": kv_cache_mib(spec, MAX_MODEL_LEN)},
+    )
+    counts = (1,) if ctx.smoke else (1, 2)
+    gens = [ctx.generator(cfg, i) for i in range(max(counts))]
+    ray.get([g.info.remote() for g in gens])
+    # What full_state_dict hands rank 0: every tensor of the checkpoint.
+    state = {k: v for f in sorted(Path(policy).glob("*.safetensors")) for k, v in load_file(f).items()}
+    params = sum(t.numel() for t in state.values())
+    pack_s, put_s, copy_s, nbytes = pack_put_copy(state)
+    version = 0
+    part = BenchResult("push", settings={f"{label}_bytes": nbytes, f"{label}_pack_s": pack_s, f"{label}_put_s": put_s})
+    for n in counts:
+
+        def push_once(n: int = n) -> float:
+            nonlocal version
+            job = RoundJob(version, [], gens[:n], policy, "object_store", submitted_at=time.time())
+            version += 1
+            return push_weights(state, job)
+
+        push_s, samples = best_of(1 if ctx.smoke else REPS, push_once)
+        part.settings[f"{label}_n{n}_push_s"] = [round(s, 3) for s in samples]
+        goal = Goal("ratio", "<=", 4.0) if params >= GOAL_FROM_PARAMS else None
+        part.figures.append(
+            Figure(f"push {params / 1e6:.0f}M params to {n} generator(s)", push_s, "s", copy_s, "1 copy", goal)
+        )
+    infos = ray.get([g.info.remote() for g in gens])
+    for g in gens:
+        ray.kill(g)
+    part.memory_mb = {f"GeneratorActor {label} #{i['index']}": i["peak_rss_mb"] for i in infos}
+    load_s = part.figures[0].value - pack_s - put_s
+    part.notes.append(
+        f"{label}: in units of one copy ({copy_s:.3f} s): pack {pack_s / copy_s:.1f}, ray.put {put_s / copy_s:.1f}, "
+        f"the generator's load (read, unpack, validate, reload_weights) {load_s / copy_s:.1f}"
+    )
+    return part
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    result = BenchResult("push", settings={"transport": "object_store", "reps": 1 if ctx.smoke else REPS})
+    for label in sizes(ctx):
+        part = push_size(ctx, label)
+        result.figures += part.figures
+        result.settings |= part.settings
+        result.memory_mb |= part.memory_mb
+        result.notes += part.notes
+    result.memory_mb["driver (as trainer rank 0)"] = peak_rss_mb()
+    result.settings["param_counts_M"] = {k: round(param_count(PUSH_SPECS[k]) / 1e6, 1) for k in sizes(ctx)}
+    result.notes.append(
+        "push = checkpoint_shapes + pack (safetensors bytes) + ray.put + each generator: object-store read, "
+        "unpack, validate (shapes, NaN/inf), vLLM reload_weights; pack_s and put_s are timed alone in settings"
+    )
+    return result

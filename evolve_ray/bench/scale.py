@@ -1,0 +1,69 @@
+"""scale: generation tokens/s with 1, 2 and 4 generators sharing one fixed workload (the collect
+stage's split: prompts[i::n]), against linear scaling of the single generator."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from evolve_ray.actors.buffer import BufferActor
+from evolve_ray.bench.context import GEN_PROMPTS, GEN_SPEC, BenchContext, param_count, wall
+from evolve_ray.bench.report import BenchResult, Figure
+
+COUNTS = (1, 2, 4)
+REPS = 2
+FLAT = 0.75  # efficiency below which the curve counts as flattened
+
+
+def one_run(ctx: BenchContext, gens: list[Any], tag: str, n_prompts: int = GEN_PROMPTS) -> tuple[float, float]:
+    """(seconds, tokens) for the whole workload split over `gens`."""
+    prompts = ctx.prompts(n_prompts)
+    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "scale" / tag), ctx.task())
+    ray.get(buf.open_round.remote(0, prompts))
+    n = len(gens)
+    seconds, stats = wall(lambda: ray.get([g.generate.remote(prompts[i::n], 0, [], buf) for i, g in enumerate(gens)]))
+    ray.kill(buf)
+    return seconds, sum(s["gen/tokens"] for s in stats)
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    gens = ctx.generators(max(COUNTS))
+    for i, g in enumerate(gens):  # every engine's first generate pays one-off costs
+        one_run(ctx, [g], f"warmup{i}", n_prompts=2)
+    tps: dict[int, float] = {}
+    samples: dict[int, list[float]] = {}
+    for n in COUNTS:
+        runs = [one_run(ctx, gens[:n], f"n{n}r{rep}") for rep in range(REPS)]
+        seconds, tokens = min(runs)
+        tps[n], samples[n] = tokens / seconds, [round(s, 3) for s, _ in runs]
+    figures = [
+        Figure(f"{n} generator(s), tokens/s", tps[n], "tok/s", peer=n * tps[1], peer_name="linear") for n in COUNTS
+    ]
+    cores = os.cpu_count() or 1
+    flat = [n for n in COUNTS if tps[n] / (n * tps[1]) < FLAT]
+    notes = [
+        f"flattens at {flat[0]} generators (efficiency < {FLAT}): {cores} cores are shared by every engine, so "
+        f"beyond {cores} generators they time-share the cores instead of adding compute"
+        if flat
+        else f"stays above {FLAT} efficiency up to {max(COUNTS)} generators"
+    ]
+    infos = ray.get([g.info.remote() for g in gens])
+    g = ctx.gen_config().generation
+    return BenchResult(
+        "scale",
+        figures=figures,
+        settings={
+            "model_params_M": param_count(GEN_SPEC) / 1e6,
+            "prompts": GEN_PROMPTS,
+            "strategy": f"{g.strategy} (N={g.num_samples})",
+            "max_new_tokens": g.max_new_tokens,
+            "num_cpus_each": g.cpus_per_generator,
+            "cluster": "one node (this machine)",
+            "physical_cpus": cores,
+            **{f"n{n}_s": samples[n] for n in COUNTS},
+        },
+        memory_mb={f"GeneratorActor {i['index']}": i["peak_rss_mb"] for i in infos},
+        notes=notes,
+    )
