@@ -22,7 +22,8 @@ import yaml
 
 from evolve_ray.errors import UserError
 
-DEFAULT_REFINE_TEMPLATE = (
+# METHOD.md's refinement turn, for real models (jobs/configs/llama8b_8gpu.yaml sets it).
+PAPER_REFINE_TEMPLATE = (
     "Improve the example response to the question below. Make it clearer, more accurate and "
     "step by step, with no irrelevant content. If it is essentially right, polish it; if it is "
     "wrong or off-topic, write a new response.\n"
@@ -30,6 +31,9 @@ DEFAULT_REFINE_TEMPLATE = (
     "EXAMPLE RESPONSE: {answer}\n"
     "RESPONSE:"
 )
+# The same structure in ~70 bytes: the demo's byte-level tiny models pay for every character of
+# the template in every refinement turn (the paper's is ~330 tokens); the warm start is taught it.
+DEMO_REFINE_TEMPLATE = "Improve the example response.\nQUESTION: {question}\nEXAMPLE RESPONSE: {answer}\nRESPONSE:"
 
 
 class ConfigError(UserError):
@@ -46,8 +50,8 @@ def _f(default: Any, help: str, *, min: float | None = None, gt: float | None = 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    policy: str = _f("", "Policy checkpoint: a local directory or a hub id. Empty: the built-in tiny model.")
-    reward: str = _f("", "Reward model (sequence classification): path or hub id. Empty: the built-in one.")
+    policy: str = _f("", "Policy checkpoint: a local directory or a hub id. Empty: the built-in warm start (a tiny Stage-1 model).")
+    reward: str = _f("", "Reward model (sequence classification): path or hub id. Empty: the built-in learned one.")
     tokenizer: str = _f("", "Tokenizer path or hub id; empty means the policy's own.")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype for training and inference.")
     max_model_len: int = _f(512, "Context length given to the engines (prompt + response tokens).", min=16)
@@ -89,7 +93,11 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class RefinementConfig:
-    template: str = _f(DEFAULT_REFINE_TEMPLATE, "Refinement user turn; must contain {question} and {answer}.")
+    template: str = _f(
+        DEMO_REFINE_TEMPLATE,
+        "Refinement user turn; must contain {question} and {answer}. The default is the demo's short form "
+        "(the built-in warm start was trained on it); real models want config.PAPER_REFINE_TEMPLATE.",
+    )
     on_too_long: Literal["truncate_middle", "skip"] = _f(
         "truncate_middle", "Rule for refinement prompts over the context: cut the previous answer's middle, or skip."
     )

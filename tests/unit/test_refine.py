@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from evolve_ray.config import DEFAULT_REFINE_TEMPLATE
+from evolve_ray.config import PAPER_REFINE_TEMPLATE
 from evolve_ray.core.refine import TRUNCATION_MARKER, build_refine_prompt, chat_prompt_ids, refine_user_turn
 from evolve_ray.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 
@@ -51,7 +51,7 @@ def test_refine_user_turn_does_not_refill_a_question_that_names_a_slot() -> None
 
 
 def test_default_template_has_the_method_layout() -> None:
-    out = refine_user_turn(DEFAULT_REFINE_TEMPLATE, "2+2?", "5")
+    out = refine_user_turn(PAPER_REFINE_TEMPLATE, "2+2?", "5")
     assert "QUESTION: 2+2?\nEXAMPLE RESPONSE: 5\nRESPONSE:" in out and "{" not in out
 
 

@@ -1,0 +1,236 @@
+"""Stage-1 training in one process: SR-aware SFT of the policy, training of the reward model,
+and the greedy per-turn evaluation used to check both. Pure torch (no ray, no vllm).
+
+The SFT step is the product's: `train.batching.build_examples` encodes the pairs and
+`train.step.term_logps` / `compute_loss` give the `training.loss=sft` objective
+-(w_d logp(y_w | x) + w_r logp(y_w | t(x, y_l))), so Stage 1 and the Ray trainer share one path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from evolve_ray.config import TrainingConfig
+from evolve_ray.core.refine import chat_prompt_ids, refine_user_turn
+from evolve_ray.core.stats import turn_stats
+from evolve_ray.scoring import conversation_ids
+from evolve_ray.train.batching import build_examples, epoch_order, loss_terms
+from evolve_ray.train.step import build_optimizer, compute_loss, term_logps
+from evolve_ray.types import PreferencePair, Prompt
+
+log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+
+
+def train_sft(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    cfg: TrainingConfig,
+    *,
+    stop_after: int | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
+    """Self-refinement-aware SFT (cfg.loss must be 'sft'): cfg.epochs passes in cfg.batch_size steps.
+
+    Args:
+        stop_after: stop after this many epochs, on the schedule of cfg.epochs (a snapshot of a
+            longer run: the learning rate at each step is the longer run's).
+        on_epoch: called with the epoch index after each epoch.
+
+    Returns:
+        One metrics dict per optimizer step (train/loss, train/nll_direct, train/nll_refine).
+    """
+    if cfg.loss != "sft":
+        raise ValueError(f"train_sft needs training.loss=sft, got {cfg.loss!r}")
+    examples = build_examples(pairs, tokenizer, cfg)
+    terms = loss_terms(cfg)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    opt, sched = build_optimizer(model, cfg, steps_per_epoch * cfg.epochs)
+    torch.manual_seed(cfg.seed)
+    model.train()
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
+        order = epoch_order(len(examples), seed=cfg.seed, round=0, epoch=epoch)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [examples[i] for i in order[start : start + cfg.batch_size]]
+            pi = term_logps(model, batch, terms, cfg, pad_id=tokenizer.pad_token_id, device=CPU)
+            per_example, metrics = compute_loss(cfg, terms, pi, None, None)
+            per_example.mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            history.append({"train/loss": per_example.mean().item()} | {f"train/{k}": v for k, v in metrics.items()})
+        log.info("sft epoch %d: %s", epoch, {k: round(v, 3) for k, v in history[-1].items()})
+        if on_epoch is not None:
+            on_epoch(epoch)
+    model.eval()
+    return history
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    user_turns: list[str],
+    *,
+    max_new_tokens: int = 8,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch: int = 128,
+) -> list[str]:
+    """One response per user turn (greedy when temperature is 0), in batches with left padding."""
+    torch.manual_seed(seed)
+    out: list[str] = []
+    for i in range(0, len(user_turns), batch):
+        ids, mask = _left_pad(
+            [chat_prompt_ids(tokenizer, u) for u in user_turns[i : i + batch]], tokenizer.pad_token_id
+        )
+        sample = temperature > 0
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out.extend(tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True))
+    return out
+
+
+def chain_eval(
+    model: torch.nn.Module, tokenizer, task, prompts: list[Prompt], template: str, *, turns: int
+) -> dict[str, float]:
+    """Greedy chain y0 ~ pi(.|x), y_k ~ pi(.|t(x, y_{k-1})): verifier accuracy per turn and shares.
+
+    Returns:
+        eval/turn_{k}_accuracy and eval/acc_turn_{k}_{improved,unchanged,degraded}_frac, as the
+        round loop's evaluate stage names them.
+    """
+    answers = [generate(model, tokenizer, [p.question for p in prompts])]
+    for _ in range(turns):
+        refine = [refine_user_turn(template, p.question, y) for p, y in zip(prompts, answers[-1], strict=True)]
+        answers.append(generate(model, tokenizer, refine))
+    correct = {p.id: [float(task.verify(p, turn[i])) for turn in answers] for i, p in enumerate(prompts)}
+    stats = turn_stats(correct, tolerance=0.5)
+    out = {f"eval/{k.replace('_score', '_accuracy')}": v for k, v in stats.items() if k.endswith("_score")}
+    out |= {f"eval/acc_{k}": v for k, v in stats.items() if not k.endswith("_score")}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward model: sequence classification on [user: x, assistant: y], label 1 correct / 0 wrong.
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def reward_logits(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str, str]]) -> Tensor:
+    """[N] scalar logits of (question, answer) conversations, right-padded as the scorer does."""
+    ids, mask = _right_pad([conversation_ids(tokenizer, q, a) for q, a in rows], tokenizer.pad_token_id)
+    return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+
+def reward_loss(correct: Tensor, wrong: Tensor) -> Tensor:
+    """Bradley-Terry on the pair plus BCE on each side (labels 1 / 0), per pair.
+
+    BT alone fixes only differences (enough for picking best vs worst of a prompt); the BCE
+    terms anchor the logit's sign to the verifier, so `reward_agreement` can use 0 as threshold.
+
+    Args:
+        correct, wrong: [B] logits of the correct and the wrong answer to the same question.
+
+    Returns:
+        [B] -log sigmoid(c - w) + (softplus(-c) + softplus(w)) / 2.
+    """
+    bt = -torch.nn.functional.logsigmoid(correct - wrong)
+    return bt + 0.5 * (torch.nn.functional.softplus(-correct) + torch.nn.functional.softplus(wrong))
+
+
+def train_reward(
+    model: torch.nn.Module,
+    tokenizer,
+    triples: Sequence[tuple[str, str, str]],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """Train on verifier-labelled (question, correct, wrong) triples with `reward_loss`; the learning
+    rate decays linearly to 0. Returns the loss of every step."""
+    torch.manual_seed(seed)
+    total = epochs * math.ceil(len(triples) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
+    model.train()
+    losses: list[float] = []
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        order = list(range(len(triples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [triples[i] for i in order[start : start + batch_size]]
+            logits = reward_logits(model, tokenizer, [(q, c) for q, c, _ in batch] + [(q, w) for q, _, w in batch])
+            loss = reward_loss(logits[: len(batch)], logits[len(batch) :]).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        log.info("reward epoch %d: loss %.4f", epoch, sum(losses[-50:]) / len(losses[-50:]))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def reward_agreement(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str, str, float]]) -> float:
+    """Share of rows where the reward model's sign (logit > 0) matches the verifier label."""
+    model.eval()
+    hits = 0
+    for i in range(0, len(rows), 256):
+        chunk = rows[i : i + 256]
+        logits = reward_logits(model, tokenizer, [(q, a) for q, a, _ in chunk])
+        hits += sum(int((z > 0) == (y > 0.5)) for z, (_, _, y) in zip(logits.tolist(), chunk, strict=True))
+    return hits / len(rows)
+
+
+@torch.no_grad()
+def reward_pair_accuracy(model: torch.nn.Module, tokenizer, triples: Sequence[tuple[str, str, str]]) -> float:
+    """Share of (question, correct, wrong) triples where the correct answer scores higher."""
+    model.eval()
+    hits = 0
+    for i in range(0, len(triples), 128):
+        chunk = triples[i : i + 128]
+        z = reward_logits(model, tokenizer, [(q, c) for q, c, _ in chunk] + [(q, w) for q, _, w in chunk])
+        hits += int((z[: len(chunk)] > z[len(chunk) :]).sum())
+    return hits / len(triples)
