@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -78,6 +79,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from evolve_ray.reproduce import reproduce
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if args.smoke:  # one seed, one round
+        seeds, args.rounds = seeds[:1], 1
+    reproduce(
+        Path(args.out),
+        seeds=seeds,
+        rounds=args.rounds,
+        smoke=args.smoke,
+        config=args.config,
+        sets=tuple(args.sets),
+        command="evolve-ray " + " ".join(sys.argv[1:]),
+    )
+    print((Path(args.out) / "reproduce.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from evolve_ray.export import export
 
@@ -93,6 +113,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (run / "report.json").exists():
         raise UserError(f"{run} has no report.json (no round has finished yet)")
     print(write_report(run))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evolve_ray.bench.runner import parse_only, run_bench
+
+    flags = [f"--only {args.only}"] * bool(args.only) + ["--large"] * args.large + ["--smoke"] * args.smoke
+    command = " ".join(["evolve-ray bench", *flags, f"--out {args.out}"])
+    run_bench(parse_only(args.only), Path(args.out), command=command, large=args.large, smoke=args.smoke)
     return 0
 
 
@@ -123,15 +152,43 @@ def job_main(argv: list[str] | None = None) -> int:
     return _guarded(go)
 
 
+# A full or read-only disk is the user's to fix, not a bug: one line, like a UserError.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _user_message(e: BaseException | None) -> str | None:
+    """The one-line message of a user error (or full disk) behind `e`, else None (a bug: traceback).
+
+    Follows exception chains and Ray's wrapping of errors raised inside actors (RayTaskError.cause),
+    so a run directory that fills up under the buffer actor still reads as one line.
+    """
+    ray_task_error = sys.modules["ray.exceptions"].RayTaskError if "ray.exceptions" in sys.modules else ()
+    for _ in range(20):  # chains are short; a bound instead of cycle bookkeeping
+        if e is None:
+            return None
+        if ray_task_error and isinstance(e, ray_task_error):
+            e = e.cause
+            continue
+        if isinstance(e, UserError):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return f"cannot write {e.filename or 'the run directory'}: {e.strerror}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _guarded(fn) -> int:
     try:
         return fn()
-    except UserError as e:
-        print(f"evolve-ray: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("evolve-ray: interrupted; continue with `evolve-ray run --resume RUN`", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = _user_message(e)
+        if message is None:
+            raise
+        print(f"evolve-ray: error: {message}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(fn=cmd_eval)
 
+    p = sub.add_parser("reproduce", help="the paper's comparison on the built-in task: 5 arms x N seeds, a table")
+    _config_args(p)
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the round-based arms")
+    p.add_argument("--smoke", action="store_true", help="1 seed, 1 round, smallest sizes (a quick check)")
+    p.set_defaults(fn=cmd_reproduce)
+
     p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")
     p.add_argument("--run", required=True)
     p.add_argument("--format", required=True, choices=["trl", "alpaca_eval", "jsonl"])
@@ -177,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rewrite report.md and plots/ from report.json")
     p.add_argument("--run", required=True)
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("bench", help="benchmarks against peers measured in the same run (bench.json + bench.md)")
+    p.add_argument("--only", metavar="NAME[,NAME]", help="comma-separated benchmarks (default: all but --large)")
+    p.add_argument("--out", default="runs/bench/bench.json", help="JSON file; the markdown table goes beside it")
+    p.add_argument("--large", action="store_true", help="also push a 500M-parameter model")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: smallest sizes, one rep
+    p.set_defaults(fn=cmd_bench)
     return ap
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.generator import GeneratorActor
@@ -51,9 +52,12 @@ class Fleet:
         self.scorers = [self._scorer(i) for i in range(cfg.scoring.num_scorers)]
         # Every buffer method is idempotent (ids dedupe, state is rebuilt from the journal), so
         # calls made while Ray restarts a dead buffer are simply retried against the new one.
-        self.buffer = BufferActor.options(name="buffer", max_restarts=-1, max_task_retries=-1).remote(
-            cfg, str(run_dir), task
-        )
+        # It lives on the driver's node: losing a worker node then costs only replaceable actors.
+        # (Hard affinity: a soft one is not honoured for 0-CPU actors in Ray 2.60.)
+        driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.buffer = BufferActor.options(
+            name="buffer", max_restarts=-1, max_task_retries=-1, scheduling_strategy=driver_node
+        ).remote(cfg, str(run_dir), task)
 
     def _generator(self, i: int) -> Any:
         g = self.cfg.generation

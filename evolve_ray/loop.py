@@ -28,9 +28,9 @@ from evolve_ray.errors import UserError
 from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
 from evolve_ray.fleet import Fleet
 from evolve_ray.metrics_export import MetricsExporter
-from evolve_ray.preflight import ResolvedModels, resolve_models
+from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
-from evolve_ray.rundir import check_writable, checkpoint_dir, read_json, round_dir, write_json
+from evolve_ray.rundir import atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import Prompt
@@ -212,7 +212,7 @@ def run(cfg: Config) -> Path:
     if (run_dir / "state.json").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {cfg.run.out} or pick another --out")
     check_writable(run_dir)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
     return _drive(cfg, run_dir, {"last": None})
 
 
@@ -230,6 +230,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
     connect(cfg, run_dir)
+    check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
         ("collect", collect),
@@ -265,7 +266,14 @@ def connect(cfg: Config, run_dir: Path) -> None:
     if c.address:
         ray.init(address=c.address, log_to_driver=True)
         return
-    ray.init(num_cpus=c.num_cpus or None, include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host)
+    # address="local": always a fresh cluster, even if RAY_ADDRESS or a `ray start` on this machine
+    # (/tmp/ray/ray_current_cluster) would otherwise make ray.init join that one.
+    ray.init(
+        address="local",
+        num_cpus=c.num_cpus or None,
+        include_dashboard=c.include_dashboard,
+        dashboard_host=c.dashboard_host,
+    )
     ctx = ray.get_runtime_context()
     log.info("started a local Ray cluster (node %s); dashboard on %s", ctx.get_node_id()[:8], c.dashboard_host)
 
@@ -322,6 +330,7 @@ def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, tu
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
     connect(cfg, out_dir)
+    check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
     fleet = Fleet(
         cfg,
         out_dir,

@@ -1,7 +1,8 @@
 """Checks and resolution done before any actor starts: model paths, tokenizer, sizes.
 
-An empty `model.policy` / `model.reward` means the built-in tiny models, built into the run
-directory (the only place the project writes). No ray here.
+An empty `model.policy` / `model.reward` means the built-in warm start (evolve_ray.warmstart): a
+tiny Stage-1 policy at partial skill on the addition task and a reward model trained on verifier
+labels, shipped with the package (built into the run directory if missing). No ray here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from evolve_ray.config import Config, ConfigError
 from evolve_ray.models.loading import check_model_path, load_tokenizer
+from evolve_ray.warmstart import warm_start_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +29,9 @@ def resolve_models(cfg: Config, run_dir: Path) -> ResolvedModels:
     m = cfg.model
     policy, reward = m.policy, m.reward
     if not policy or (not reward and cfg.scoring.kind == "reward_model"):
-        from evolve_ray.models.tiny import build_tiny
-
-        tiny_dir = run_dir / "models" / "tiny"
-        if not (tiny_dir / "policy" / "config.json").exists():
-            log.info("building the built-in tiny models in %s", tiny_dir)
-            build_tiny(tiny_dir)
-        policy = policy or str(tiny_dir / "policy")
-        reward = reward or str(tiny_dir / "reward")
+        built_in = warm_start_dir(run_dir / "models" / "warm_start", template=cfg.refinement.template)
+        policy = policy or str(built_in / "policy")
+        reward = reward or str(built_in / "reward")
     check_model_path(policy, what="model.policy", trust_remote_code=m.trust_remote_code)
     if cfg.scoring.kind == "reward_model":
         check_model_path(reward, what="model.reward", trust_remote_code=m.trust_remote_code)
@@ -56,3 +53,22 @@ def check_sizes(cfg: Config, policy: str) -> None:
             f"generation.max_new_tokens ({cfg.generation.max_new_tokens}) leaves no room for the prompt "
             f"within model.max_model_len ({cfg.model.max_model_len})"
         )
+
+
+def check_gpus(cfg: Config, cluster_gpus: float, *, training: bool = True) -> None:
+    """Refuse a run that asks for more GPUs than the cluster has (it would wait forever for them).
+
+    Args:
+        cluster_gpus: the cluster's total GPUs (ray.cluster_resources()["GPU"], 0 when absent).
+        training: count the train workers too (False for `evolve-ray eval`, which starts none).
+    """
+    g, s, t = cfg.generation, cfg.scoring, cfg.training
+    asked = {
+        "generation.num_generators x gpus_per_generator": g.num_generators * g.gpus_per_generator,
+        "scoring.num_scorers x gpus_per_scorer": s.num_scorers * s.gpus_per_scorer,
+        "training.num_workers (use_gpu: 1 each)": float(t.num_workers) if training and t.use_gpu else 0.0,
+    }
+    total = sum(asked.values())
+    if total > cluster_gpus + 1e-9:
+        parts = ", ".join(f"{k} = {v:g}" for k, v in asked.items() if v)
+        raise ConfigError(f"the run asks for {total:g} GPUs ({parts}) but the cluster has {cluster_gpus:g}")

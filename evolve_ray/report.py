@@ -5,12 +5,14 @@ Metric keys are `<stage>/<quantity>` (ARCHITECTURE.md). Pure: json, matplotlib (
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from evolve_ray.rundir import read_json, write_json
+from evolve_ray.rundir import atomic_write, read_json, write_json
 
 REPORT_JSON = "report.json"
 _TURN = re.compile(r"^eval/turn_(\d+)_(score|accuracy)$")
@@ -80,11 +82,14 @@ def write_markdown(run: Path, rows: list[dict[str, Any]]) -> Path:
     if plots:
         parts.append("\n## Plots\n\n" + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots))
     out = run / "report.md"
-    out.write_text("".join(parts), encoding="utf-8")
+    atomic_write(out, "".join(parts).encode())
     return out
 
 
 def write_plots(run: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    # matplotlib's font cache goes inside the run directory (the only place the project writes),
+    # not ~/.cache/matplotlib, unless the user chose a place.
+    os.environ.setdefault("MPLCONFIGDIR", str(run / ".cache" / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,8 +102,10 @@ def write_plots(run: Path, rows: list[dict[str, Any]]) -> list[Path]:
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=90)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=90)
         plt.close(fig)
+        atomic_write(out_dir / name, png.getvalue())
         paths.append(out_dir / name)
 
     quantity = "accuracy" if any(turn_series(r, "accuracy") for r in rows) else "score"

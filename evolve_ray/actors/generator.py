@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 
 import ray
 
@@ -34,7 +35,13 @@ class GeneratorActor:
 
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
-        return {"index": self.index, "backend": self.engine.name, "version": self.served_version, "pid": os.getpid()}
+        return {
+            "index": self.index,
+            "backend": self.engine.name,
+            "version": self.served_version,
+            "pid": os.getpid(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        }
 
     def version(self) -> int:
         return self.served_version

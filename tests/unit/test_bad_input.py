@@ -1,0 +1,153 @@
+"""Bad input is refused with one clear line before any actor starts: config values the schema
+cannot hold, more GPUs than the cluster has, model paths that are not models, a tokenizer without
+a chat template, a prompt file without one valid row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evolve_ray.config import ConfigError, load_config
+from evolve_ray.models.loading import load_tokenizer
+from evolve_ray.preflight import check_gpus
+
+from .cli_helpers import assert_one_line_error, run_cli
+
+# ----------------------------------------------------------------------------------------------
+# Config: sizes, signs and types test_config.py does not already cover
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "data.prompts_per_round=0",
+        "data.eval_prompts=-1",
+        "generation.turns=-1",
+        "generation.num_samples=0",
+        "generation.top_p=0",
+        "generation.temperature=-0.5",
+        "generation.kv_cache_mib=0",
+        "generation.cpus_per_generator=-1",
+        "generation.gpus_per_generator=-0.5",
+        "generation.tensor_parallel_size=0",
+        "scoring.num_scorers=0",
+        "scoring.micro_batch=0",
+        "training.batch_size=0",
+        "training.grad_accum=0",
+        "training.epochs=0",
+        "training.num_workers=0",
+        "training.lr=0",
+        "training.lr=-1e-5",
+        "training.max_len=4",
+        "model.max_model_len=8",
+        "run.rounds=-1",
+        "cluster.num_cpus=-2",
+        "generation.turns=1.5",  # a float where an integer is needed
+        "generation.turns=three",
+        "data.seed=[1]",
+        "model.trust_remote_code=1",  # an integer is not a yes/no
+        "training.beta=true",  # a yes/no is not a number
+        "run.trackers=wandb",  # a string where a list is needed
+        "generation.strategy=beam",
+    ],
+)
+def test_bad_sizes_and_types_name_the_key(item: str) -> None:
+    key = item.split("=", 1)[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [item])
+
+
+def test_unknown_key_in_a_yaml_section_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("generation:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"generation\.temprature.*valid keys: .*temperature"):
+        load_config(f)
+
+
+def test_yaml_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPUs: the sum of what the config asks for against what the cluster has
+
+
+def test_more_gpus_than_the_cluster_has_names_each_ask() -> None:
+    cfg = load_config(
+        None, ["generation.num_generators=2", "generation.gpus_per_generator=1", "scoring.gpus_per_scorer=1"]
+    )
+    with pytest.raises(ConfigError) as e:
+        check_gpus(cfg, 2.0)
+    msg = str(e.value)
+    assert "asks for 3 GPUs" in msg and "cluster has 2" in msg
+    assert "generation.num_generators x gpus_per_generator = 2" in msg and "scoring" in msg
+    check_gpus(cfg, 3.0)  # an exact fit runs
+
+
+def test_training_gpus_count_one_per_worker_and_only_when_training() -> None:
+    cfg = load_config(None, ["training.use_gpu=true", "training.num_workers=3", "generation.gpus_per_generator=1"])
+    with pytest.raises(ConfigError, match=r"asks for 4 GPUs .*training\.num_workers"):
+        check_gpus(cfg, 3.0)
+    check_gpus(cfg, 1.0, training=False)  # `evolve-ray eval` starts no trainer
+    check_gpus(load_config(), 0.0)  # the CPU default asks for none
+
+
+# ----------------------------------------------------------------------------------------------
+# `evolve-ray run` with a bad path or file: one line, exit 2, no cluster started
+
+
+def _run(out: Path, tiny_models, *sets: str):
+    base = [f"model.policy={tiny_models['policy']}", f"model.reward={tiny_models['reward']}"]
+    args = ["run", "--out", str(out)]
+    for s in [*base, *sets]:
+        args += ["--set", s]
+    return run_cli(*args)
+
+
+def test_cli_model_path_that_does_not_exist(tmp_path: Path, tiny_models) -> None:
+    r = _run(tmp_path / "run", tiny_models, f"model.policy={tmp_path / 'no-such-model'}")
+    assert_one_line_error(r, "model.policy: path does not exist")
+
+
+def test_cli_model_path_that_is_not_a_model(tmp_path: Path, tiny_models) -> None:
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello\n")
+    r = _run(tmp_path / "run", tiny_models, f"model.reward={not_a_model}")
+    assert_one_line_error(r, "model.reward")
+    assert "not a model directory" in r.stderr
+
+
+def test_cli_tokenizer_without_chat_template(tmp_path: Path, tiny_models) -> None:
+    tok = load_tokenizer(str(tiny_models["policy"]))
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain-tok")
+    (tmp_path / "plain-tok" / "chat_template.jinja").unlink(missing_ok=True)
+    r = _run(tmp_path / "run", tiny_models, f"model.tokenizer={tmp_path / 'plain-tok'}")
+    assert_one_line_error(r, "no chat template")
+
+
+def test_cli_prompt_file_without_a_valid_row(tmp_path: Path, tiny_models) -> None:
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text("\n".join([json.dumps({"prompt": ""}), "{not json", json.dumps({"prompt": 3})]) + "\n")
+    r = _run(tmp_path / "run", tiny_models, "data.task=file", f"data.path={bad}")
+    assert_one_line_error(r, "no valid prompt rows")
+
+
+def test_cli_checkpoint_without_safetensors(tmp_path: Path, tiny_models) -> None:
+    """A pickle checkpoint (pytorch_model.bin) is refused: loading one can run arbitrary code."""
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_models["policy"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    r = _run(tmp_path / "run", tiny_models, f"model.policy={pickled}")
+    line = assert_one_line_error(r, "has no *.safetensors weights (pytorch_model.bin)")
+    assert "model.policy" in line
