@@ -105,7 +105,7 @@ def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp
         "--set",
         f"model.reward={tiny_models['reward']}",
     ]
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine can take minutes to start the job agent
     while True:  # right after `ray start` the dashboard agent may not accept jobs yet
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent" not in r.stderr or time.time() > deadline:
