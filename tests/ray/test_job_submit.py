@@ -30,6 +30,19 @@ def ray_start_cluster():
     only: `ray stop` would kill every Ray process on the machine, the session's cluster included."""
     env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     gcs, dash = _free_port(), _free_port()
+    # Every port Ray would otherwise take at a fixed default is chosen free: the test session's own
+    # cluster already holds the dashboard agent's 52365, and an agent that cannot bind leaves the
+    # head with "No available agent to submit job".
+    ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
     head = subprocess.Popen(
         [
             BIN / "ray",
@@ -41,6 +54,7 @@ def ray_start_cluster():
             "--dashboard-host=127.0.0.1",
             "--num-cpus=4",
             "--disable-usage-stats",
+            *ports,
         ],
         env=env,
         stdout=subprocess.DEVNULL,
