@@ -54,11 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from evolve_ray.config import load_config
+    from evolve_ray.config import DEMO_SETS, load_config
     from evolve_ray.loop import run
 
-    sets = list(args.sets) + [f"run.out={args.out}"]
-    run(load_config(args.config, sets))  # the config defaults are the embedded demo
+    sets = [*DEMO_SETS, *args.sets, f"run.out={args.out}"]
+    run(load_config(args.config, sets))  # the config defaults (+ DEMO_SETS) are the embedded demo
     return 0
 
 

@@ -58,6 +58,7 @@ SMOKE_SETS = (
     "data.eval_prompts=8",
     "training.batch_size=4",
     "training.epochs=1",
+    "training.num_workers=1",
 )
 
 

@@ -36,6 +36,11 @@ PAPER_REFINE_TEMPLATE = (
 DEMO_REFINE_TEMPLATE = "Improve the example response.\nQUESTION: {question}\nEXAMPLE RESPONSE: {answer}\nRESPONSE:"
 
 
+# What `evolve-ray demo` and `evolve-ray reproduce` add to the defaults: settings that assume the
+# built-in reward model (trained so that logit > 0 means "correct"). jobs/configs/demo.yaml mirrors it.
+DEMO_SETS = ("selection.min_chosen_score=0",)
+
+
 class ConfigError(UserError):
     """A user error in the configuration; its message names the offending key."""
 
@@ -50,7 +55,9 @@ def _f(default: Any, help: str, *, min: float | None = None, gt: float | None = 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    policy: str = _f("", "Policy checkpoint: a local directory or a hub id. Empty: the built-in warm start (a tiny Stage-1 model).")
+    policy: str = _f(
+        "", "Policy checkpoint: a local directory or a hub id. Empty: the built-in warm start (a tiny Stage-1 model)."
+    )
     reward: str = _f("", "Reward model (sequence classification): path or hub id. Empty: the built-in learned one.")
     tokenizer: str = _f("", "Tokenizer path or hub id; empty means the policy's own.")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype for training and inference.")
@@ -65,8 +72,8 @@ class DataConfig:
     format: Literal["auto", "chat", "alpaca", "gsm8k", "columns"] = _f("auto", "Row format of `path`.")
     prompt_column: str = _f("prompt", "Prompt column when format=columns.")
     answer_column: str = _f("", "Reference-answer column when format=columns (empty: none).")
-    prompts_per_round: int = _f(16, "Prompts drawn for each round's data collection.", min=1)
-    eval_prompts: int = _f(16, "Held-out prompts evaluated after every round.", min=0)
+    prompts_per_round: int = _f(128, "Prompts drawn for each round's data collection.", min=1)
+    eval_prompts: int = _f(500, "Held-out prompts evaluated after every round (500: +-2 points of accuracy).", min=0)
     fresh_per_round: bool = _f(True, "Draw new prompts each round (False: reuse the same set).")
     seed: int = _f(0, "Seed for the task generator and prompt sampling.")
 
@@ -83,9 +90,9 @@ class GenerationConfig:
     )
     num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain, vote).", min=1)
     turns: int = _f(3, "K: refinement turns after the first answer (chain strategies).", min=0)
-    temperature: float = _f(1.0, "Sampling temperature; 0 is greedy.", min=0)
+    temperature: float = _f(0.7, "Sampling temperature; 0 is greedy.", min=0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", gt=0)
-    max_new_tokens: int = _f(16, "Maximum tokens per response.", min=1)
+    max_new_tokens: int = _f(8, "Maximum tokens per response (the demo's sums need 4 with EOS).", min=1)
     seed: int = _f(0, "Sampling seed (per request seeds derive from it).")
     kv_cache_mib: int = _f(64, "vLLM KV cache size in MiB (CPU needs it set explicitly).", min=1)
     enforce_eager: bool = _f(True, "Skip graph compilation (saves ~25 s start-up on CPU).")
@@ -117,6 +124,11 @@ class ScoringConfig:
 class SelectionConfig:
     rule: Literal["reward", "rule", "verifier", "consistency"] = _f("reward", "How a scored chain becomes pairs.")
     min_margin: float = _f(0.0, "reward rule: drop prompts whose best-worst margin is at or below this.", min=0)
+    min_chosen_score: float | None = _f(
+        None,
+        "reward rule: drop prompts whose best score is at or below this (null: no floor). Only meaningful for a "
+        "reward model with a known scale; the demo sets 0 (its reward model's sign is the verifier's verdict).",
+    )
     tie_tolerance: float = _f(1e-6, "Scores closer than this count as equal (ties are dropped).", min=0)
     keep_pairs: bool = _f(False, "Also emit keep pairs (t(x, y_w); y_w; y_l).")
     consistency_turns: int = _f(2, "consistency rule: how many final turns must agree.", min=2)
@@ -126,7 +138,7 @@ class SelectionConfig:
 class TrainingConfig:
     loss: Literal["sft", "dpo", "ipo", "evolve", "inpo"] = _f("evolve", "Training objective.")
     direct_loss: Literal["dpo", "ipo"] = _f("dpo", "evolve: form of the direct term.")
-    beta: float = _f(0.1, "KL strength of DPO/IPO/EVOLVE.", gt=0)
+    beta: float = _f(0.5, "KL strength of DPO/IPO/EVOLVE (the paper: 0.1; the demo's tiny model needs 0.5).", gt=0)
     alpha: float = _f(1.0, "evolve: weight of the refinement term.", min=0)
     gamma: float = _f(0.0, "evolve: weight of the keep term (needs selection.keep_pairs).", min=0)
     label_smoothing: float = _f(0.0, "DPO label smoothing (conservative DPO).", min=0)
@@ -136,12 +148,12 @@ class TrainingConfig:
     sft_refine_weight: float = _f(1.0, "sft: weight of -logp(y_w | t(x, y_l)).", min=0)
     logprob: Literal["sum", "mean"] = _f("sum", "Sequence log-prob: summed or mean per token.")
     reference: Literal["refresh", "fixed"] = _f("refresh", "Reference policy: previous round's, or the start.")
-    lr: float = _f(5e-5, "Peak learning rate (AdamW).", gt=0)
+    lr: float = _f(2e-4, "Peak learning rate (AdamW); the demo's tiny model.", gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = _f("constant", "Schedule within a round.")
     warmup_steps: int = _f(0, "Linear warm-up steps.", min=0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0)
-    epochs: int = _f(1, "Passes over a round's pairs.", min=1)
-    batch_size: int = _f(8, "Pairs per optimizer step, across all workers.", min=1)
+    epochs: int = _f(2, "Passes over a round's pairs.", min=1)
+    batch_size: int = _f(16, "Pairs per optimizer step, across all workers.", min=1)
     grad_accum: int = _f(1, "Micro-batches accumulated per optimizer step.", min=1)
     max_len: int = _f(448, "Longest prompt+response sequence trained on; longer ones are truncated.", min=8)
     max_grad_norm: float = _f(1.0, "Gradient clipping (0 disables).", min=0)

@@ -17,7 +17,7 @@ import ray
 
 from evolve_ray import loop
 from evolve_ray.comparison import SMOKE_SETS, TURNS, Arm, aggregate, arms, markdown, plot, row_from_metrics, seed_sets
-from evolve_ray.config import load_config
+from evolve_ray.config import DEMO_SETS, load_config
 from evolve_ray.report import load_rows
 from evolve_ray.rundir import read_json, write_json
 from evolve_ray.warmstart import warm_start_dir
@@ -61,7 +61,7 @@ def reproduce(
     """Run every arm for every seed; write reproduce.json, reproduce.md and reproduce.png in `out`."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = [*sets, *(SMOKE_SETS if smoke else ())]
+    base = [*DEMO_SETS, *sets, *(SMOKE_SETS if smoke else ())]
     cfg = load_config(config, base)
     warm = warm_start_dir(out / "warm_start", template=cfg.refinement.template)
     started = not ray.is_initialized()

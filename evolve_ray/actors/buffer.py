@@ -29,6 +29,7 @@ def make_selector(cfg: Config, round_: int, extract_answer=None):
             template=cfg.refinement.template,
             round=round_,
             min_margin=s.min_margin,
+            min_chosen_score=s.min_chosen_score,
             tie_tolerance=s.tie_tolerance,
             keep_pairs=s.keep_pairs,
             consistency_turns=s.consistency_turns,

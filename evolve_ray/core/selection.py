@@ -54,7 +54,9 @@ def _earliest(cands: list[ScoredCandidate]) -> ScoredCandidate:
 Pick = tuple[ScoredCandidate, ScoredCandidate] | str  # (chosen, rejected) or a reason
 
 
-def _pick_reward(valid: list[ScoredCandidate], *, min_margin: float, tie_tolerance: float) -> Pick:
+def _pick_reward(
+    valid: list[ScoredCandidate], *, min_margin: float, tie_tolerance: float, min_chosen_score: float | None
+) -> Pick:
     if len(valid) < 2:
         return "single_candidate"
     hi = max(_value(sc) for sc in valid)
@@ -63,6 +65,8 @@ def _pick_reward(valid: list[ScoredCandidate], *, min_margin: float, tie_toleran
         return "tie"
     if hi - lo <= min_margin:
         return "below_margin"
+    if min_chosen_score is not None and hi <= min_chosen_score:
+        return "chosen_below_floor"  # no candidate good enough to train towards
     chosen = _latest([sc for sc in valid if _value(sc) == hi])
     rejected = _earliest([sc for sc in valid if _value(sc) == lo])
     return (chosen, rejected) if chosen.candidate.text != rejected.candidate.text else "tie"
@@ -160,11 +164,13 @@ def select_pairs(
     keep_pairs: bool,
     consistency_turns: int,
     extract_answer: AnswerFn | None = None,
+    min_chosen_score: float | None = None,
 ) -> Selection:
     """Preference pairs of one prompt under a selection rule.
 
     reward: chosen = argmax, rejected = argmin of the valid scores; dropped as "tie" when the
-    spread is within tie_tolerance, "below_margin" when it is at or below min_margin.
+    spread is within tie_tolerance, "below_margin" when it is at or below min_margin, and
+    "chosen_below_floor" when even the best score is at or below min_chosen_score (if set).
     rule: chain 0's last turn over its turn 0, no scorer. verifier: a correct candidate (latest
     turn) over an incorrect one (earliest turn). consistency: chain 0's last `consistency_turns`
     answers must agree, and its turn 0 answer must differ; chosen = last turn, rejected = turn 0.
@@ -182,6 +188,7 @@ def select_pairs(
         keep_pairs: also emit the keep pair.
         consistency_turns: consistency rule's number of final turns that must agree.
         extract_answer: maps a response to its answer (consistency); default the stripped text.
+        min_chosen_score: reward rule's floor for the chosen score (None: no floor).
 
     Returns:
         Selection with the pairs ("" reason) or no pairs and a reason.
@@ -195,7 +202,9 @@ def select_pairs(
         if not valid:
             return Selection((), "no_valid_scores", dropped)
         if rule == "reward":
-            pick = _pick_reward(valid, min_margin=min_margin, tie_tolerance=tie_tolerance)
+            pick = _pick_reward(
+                valid, min_margin=min_margin, tie_tolerance=tie_tolerance, min_chosen_score=min_chosen_score
+            )
         else:
             pick = _pick_verifier(valid)
     elif rule == "rule":

@@ -50,6 +50,7 @@ def test_disk_full_mid_run_is_one_line_and_the_run_resumes(tiny_models, tmp_path
         "data.prompts_per_round=4",
         "data.eval_prompts=2",
         "generation.turns=2",
+        "generation.max_new_tokens=16",  # LIMIT is sized for eval outputs of this length
         "generation.backend=transformers",
         "training.batch_size=4",
         "cluster.num_cpus=4",

@@ -77,6 +77,7 @@ def test_reward_ties_prefer_latest_chosen_and_earliest_rejected() -> None:
         ([0.7], {}, "single_candidate"),
         ([None, None], {}, "no_valid_scores"),
         ([0.3, None], {}, "single_candidate"),
+        ([-2.0, 0.5], {"min_chosen_score": 0.5}, "chosen_below_floor"),  # at the floor: dropped
     ],
 )
 def test_reward_drops(scores: list[float | None], kw: dict[str, Any], reason: str) -> None:
@@ -87,6 +88,10 @@ def test_reward_drops(scores: list[float | None], kw: dict[str, Any], reason: st
 
 def test_reward_margin_just_above_threshold_passes() -> None:
     assert _select("reward", [_sc(0, 0.2), _sc(1, 0.75)], min_margin=0.5).reason == ""
+
+
+def test_reward_floor_passes_a_chosen_above_it() -> None:
+    assert _ids(_select("reward", [_sc(0, -3.0), _sc(1, 0.6)], min_chosen_score=0.5)) == (f"{P}/c0/t1", f"{P}/c0/t0")
 
 
 def test_invalid_scores_are_dropped_and_counted() -> None:
