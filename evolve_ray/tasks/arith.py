@@ -57,4 +57,3 @@ class ArithTask:
 
     def verify(self, prompt: Prompt, text: str) -> bool:
         return prompt.answer is not None and self.extract_answer(text) == prompt.answer
-

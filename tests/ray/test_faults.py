@@ -55,8 +55,14 @@ def _check_round(run: Path) -> dict:
 def _slow_cfg(out: Path, tiny_models):
     # The transformers backend generates prompt by prompt: slow enough to be caught mid-round.
     return tiny_cfg(
-        out, tiny_models, "run.rounds=1", f"data.prompts_per_round={PROMPTS}", "data.eval_prompts=0",
-        f"generation.turns={TURNS}", "generation.backend=transformers", "generation.num_generators=2",
+        out,
+        tiny_models,
+        "run.rounds=1",
+        f"data.prompts_per_round={PROMPTS}",
+        "data.eval_prompts=0",
+        f"generation.turns={TURNS}",
+        "generation.backend=transformers",
+        "generation.num_generators=2",
         "scoring.micro_batch=4",
     )
 

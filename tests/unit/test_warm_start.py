@@ -125,6 +125,8 @@ def test_reward_model_agrees_with_the_verifier_on_held_out_data(manifest: dict) 
     spec = manifest["spec"]
     prompts = ArithTask(seed=spec["task_seed"]).prompts("eval", spec["eval_prompts"])
     rm = load_reward(str(SHIPPED / "reward"))
-    agreement = reward_agreement(rm, load_tokenizer(str(SHIPPED / "reward")), reward_rows(prompts, seed=spec["seed"] + 1))
+    agreement = reward_agreement(
+        rm, load_tokenizer(str(SHIPPED / "reward")), reward_rows(prompts, seed=spec["seed"] + 1)
+    )
     assert agreement >= RM_MIN_AGREEMENT
     assert agreement == pytest.approx(manifest["measured"]["reward"]["agreement_heldout"], abs=0.02)
