@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from evolve_ray.report import load_rows
 
@@ -39,7 +38,6 @@ def main(limit: str, *argv: str) -> None:
     sys.exit(cli.main(list(argv)))
 
 
-@pytest.mark.slow
 def test_disk_full_mid_run_is_one_line_and_the_run_resumes(tiny_models, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = [

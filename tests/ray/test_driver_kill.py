@@ -165,7 +165,6 @@ def test_driver_killed_mid_generation_resumes_to_the_same_run(tiny_models, tmp_p
     check_finished_like_reference(run, reference)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "when", "expected"),
     [

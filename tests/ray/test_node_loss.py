@@ -112,7 +112,6 @@ def keep_ray_current_cluster():
         path.write_bytes(saved)
 
 
-@pytest.mark.slow
 def test_generators_move_off_a_removed_node(tiny_models, tmp_path: Path, keep_ray_current_cluster) -> None:
     run = tmp_path / "run"
     args = [str(run), str(tiny_models["policy"]), str(tiny_models["reward"])]

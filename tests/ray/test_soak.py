@@ -4,7 +4,6 @@ what it was after round 2 (no leak per round), and no actor was restarted along 
 from __future__ import annotations
 
 import psutil
-import pytest
 import ray
 from ray._private import state
 
@@ -26,7 +25,6 @@ def actor_rss() -> dict[tuple[str, int], int]:
     return out
 
 
-@pytest.mark.slow
 def test_actor_memory_is_flat_over_ten_rounds(ray_cluster, tiny_models, tmp_path, monkeypatch) -> None:
     after: dict[int, dict[tuple[str, int], int]] = {}
     real_evaluate = loop.evaluate

@@ -200,7 +200,6 @@ def test_worker_error_surfaces_as_trainer_error(round1, group, cfg, generators) 
         group.train_round(2, bad + bad[:1], generators)
 
 
-@pytest.mark.slow
 def test_restarted_group_resumes_from_the_last_checkpoint(ray_cluster, cfg, tokenizer, tmp_path) -> None:
     """A worker killed between rounds: Ray Train restarts the group (FailureConfig), which loads
     r000 and trains round 1 from there. Two worker-group starts: ~1 minute."""
