@@ -23,7 +23,8 @@ from evolve_ray.bench.context import (
 )
 from evolve_ray.bench.report import BenchResult, Figure, Goal
 from evolve_ray.sync.transport import pack
-from evolve_ray.train.worker import RoundJob, push_weights
+from evolve_ray.train.round_job import RoundJob
+from evolve_ray.train.worker import push_weights
 
 GOAL_FROM_PARAMS = 100e6  # the 4x goal applies at 100M parameters and above
 REPS = 2
@@ -75,7 +76,7 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
 
         def push_once(n: int = n) -> float:
             nonlocal version
-            job = RoundJob(version, [], gens[:n], policy, "object_store", submitted_at=time.time())
+            job = RoundJob(version, [], [ray.put(gens[:n])], policy, "object_store", submitted_at=time.time())
             version += 1
             return push_weights(state, job)
 

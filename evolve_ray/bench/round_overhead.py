@@ -85,8 +85,8 @@ def run(ctx: BenchContext) -> BenchResult:
         memory_mb=memory,
         notes=[
             f"first round {rounds[0]['to_first_step_s']:.1f} s to its first step, later rounds "
-            f"{rounds[-1]['to_first_step_s']:.1f} s: the first forward/backward in the fresh worker processes pays "
-            "one-off warm-up (train_step reports it apart)",
+            f"{rounds[-1]['to_first_step_s']:.1f} s (the generator handles reach rank 0 as one object-store "
+            "reference: the coordinator never unpickles them, which cost it ~3-5 s the first time)",
             f"of the last pair -> first step, frozen reference log-probs (a no-grad forward over all "
             f"{PAIRS} prompts' pairs before the first step) took {rounds[-1]['frozen_logps_s']:.2f} s in the last round",
             "train_round's wall time (settings) also holds the round's Ray Train report and the hand-back of "

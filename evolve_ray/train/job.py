@@ -22,7 +22,8 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evolve_ray.config import Config
-from evolve_ray.train.worker import RoundJob, train_loop_per_worker
+from evolve_ray.train.round_job import RoundJob
+from evolve_ray.train.worker import train_loop_per_worker
 from evolve_ray.types import PreferencePair
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class TrainerGroup:
             round=round_,
             submitted_at=time.time(),  # before the pairs are put: the whole hand-off counts
             pairs=[ray.put(list(pairs))],
-            generators=list(generators),
+            generators=[ray.put(list(generators))] if generators else [],
             checkpoint_dir=str(self.checkpoint_dir(round_)),
             transport=self.cfg.sync.transport,
         )

@@ -30,24 +30,12 @@ from evolve_ray.models.loading import load_policy, load_tokenizer
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
 from evolve_ray.train.parallel import full_state_dict, param_checksum, unwrap, wrap_model
+from evolve_ray.train.round_job import RoundJob
 from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
-
-
-@dataclass(frozen=True)
-class RoundJob:
-    """One round's work. `pairs` holds one ObjectRef to list[PreferencePair] (inside a list, so
-    Ray does not resolve it on the way through the coordinator)."""
-
-    round: int
-    pairs: list[Any]
-    generators: list[Any]
-    checkpoint_dir: str
-    transport: str
-    submitted_at: float  # time.time() when the driver handed the pairs over (train/first_step_delay_s)
 
 
 @dataclass
@@ -248,7 +236,7 @@ def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> float:
     version = job.round + 1
     payload = pack({k: state[k] for k in saved}, version=version, transport=job.transport, path=job.checkpoint_dir)
     ref = ray.put(payload)
-    served = ray.get([g.load_weights.remote(ref) for g in job.generators])
+    served = ray.get([g.load_weights.remote(ref) for g in ray.get(job.generators[0])])
     if any(v != version for v in served):
         raise RuntimeError(f"generators serve versions {served}, expected {version}")
     return time.perf_counter() - t0
