@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,27 @@ def tokenizer(tiny_models: dict[str, Path]):
     from evolve_ray.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_models["policy"]))
+
+
+@pytest.fixture
+def one_rank_gloo() -> Iterator[None]:
+    """A one-rank gloo default process group on loopback (no hostname lookup, no file locks).
+
+    In a full run, an in-process vLLM engine (tests/ray/test_vllm_engine.py) has already made the
+    process's default group, a one-rank gloo one; it is used as it is and left as found, since a
+    second default group cannot coexist with it.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        assert dist.get_world_size() == 1 and dist.get_backend() == "gloo", "an unexpected default group"
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GLOO_SOCKET_IFNAME", "lo")
+        store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()

@@ -199,11 +199,8 @@ def test_dp_scaled_loss_accepts_a_scalar_sum_and_rejects_zero_count() -> None:
         dp_scaled_loss(torch.tensor(1.0), global_count=0, world_size=1)
 
 
-def test_global_count_with_an_all_reduce(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fake SUM all-reduce over three ranks, and the real one on a one-rank gloo group.
-
-    The group uses a loopback TCP store and the loopback interface, so it needs neither a
-    resolvable hostname nor a file system with working locks."""
+def test_global_count_with_an_all_reduce(one_rank_gloo) -> None:
+    """A fake SUM all-reduce over three ranks, and the real one on a one-rank gloo group."""
     others = [5, 2]
 
     def fake_all_reduce(t: torch.Tensor) -> None:
@@ -211,10 +208,4 @@ def test_global_count_with_an_all_reduce(monkeypatch: pytest.MonkeyPatch) -> Non
 
     assert global_count(3, fake_all_reduce) == 10
     assert global_count(3) == 3
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        assert global_count(7, dist.all_reduce) == 7
-    finally:
-        dist.destroy_process_group()
+    assert global_count(7, dist.all_reduce) == 7
