@@ -4,8 +4,8 @@ The coordinator actor only stores and forwards `RoundJob`s, and must not pay for
 carry: the first GeneratorActor handle unpickled in the coordinator's process took ~3 s (5 s on
 a busy machine; a plain actor's handle takes milliseconds, so most likely the generator's
 module and its torch/transformers imports load), and that was the first round's hand-off.
-So the class lives here, with no heavy imports, and the handles travel inside an object-store
-reference, resolved only by the rank that pushes.
+So the handles travel inside an object-store reference, resolved only by the rank that pushes,
+and the class itself lives apart from the worker module's heavy imports.
 """
 
 from __future__ import annotations
