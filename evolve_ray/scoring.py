@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from evolve_ray.config import Config
+from evolve_ray.core.logprobs import pad_rows
 from evolve_ray.models.loading import load_reward, load_tokenizer
 from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
@@ -59,13 +60,7 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def _forward(self, ids: list[list[int]]) -> list[float]:
-        pad = self.tokenizer.pad_token_id
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, x in enumerate(ids):  # right padding: the model reads the last non-pad position
-            input_ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id)  # right: the model reads the last non-pad
         logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return logits[:, 0].float().tolist()
 

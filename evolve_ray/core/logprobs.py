@@ -40,3 +40,17 @@ def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor, 
     if average:
         return total / mask.sum(dim=-1).clamp(min=1.0)
     return total
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[Tensor, Tensor]:
+    """Token-id rows as a padded [B, T] batch and its attention mask. Left padding for
+    generation (every row ends at the last column); right padding for a reward model that reads
+    the last non-pad position."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from evolve_ray.config import TrainingConfig
+from evolve_ray.core.logprobs import pad_rows
 from evolve_ray.core.refine import chat_prompt_ids, refine_user_turn
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.scoring import conversation_ids
@@ -75,16 +76,6 @@ def train_sft(
     return history
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -100,8 +91,8 @@ def generate(
     torch.manual_seed(seed)
     out: list[str] = []
     for i in range(0, len(user_turns), batch):
-        ids, mask = _left_pad(
-            [chat_prompt_ids(tokenizer, u) for u in user_turns[i : i + batch]], tokenizer.pad_token_id
+        ids, mask = pad_rows(
+            [chat_prompt_ids(tokenizer, u) for u in user_turns[i : i + batch]], tokenizer.pad_token_id, left=True
         )
         sample = temperature > 0
         gen = model.generate(
@@ -143,19 +134,9 @@ def chain_eval(
 # Reward model: sequence classification on [user: x, assistant: y], label 1 correct / 0 wrong.
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def reward_logits(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str, str]]) -> Tensor:
     """[N] scalar logits of (question, answer) conversations, right-padded as the scorer does."""
-    ids, mask = _right_pad([conversation_ids(tokenizer, q, a) for q, a in rows], tokenizer.pad_token_id)
+    ids, mask = pad_rows([conversation_ids(tokenizer, q, a) for q, a in rows], tokenizer.pad_token_id)
     return model(input_ids=ids, attention_mask=mask).logits[:, 0]
 
 

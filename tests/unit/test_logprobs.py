@@ -97,3 +97,12 @@ def test_shape_mismatch_raises() -> None:
     logits, ids, mask = _batch("right")
     with pytest.raises(ValueError, match="shape mismatch"):
         sequence_logprobs(logits[:, :-1], ids, mask)
+
+
+def test_pad_rows_left_and_right() -> None:
+    from evolve_ray.core.logprobs import pad_rows
+
+    ids, mask = pad_rows([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_rows([[5, 6, 7], [8]], 0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
