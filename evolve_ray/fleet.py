@@ -3,7 +3,9 @@
 A generator or scorer that dies mid-round (killed, or its process exits) is replaced by a new
 actor serving the latest policy, and its share of the work is submitted again: the buffer's
 journal holds every candidate and score already streamed, so the planner resumes each prompt
-where it stopped and nothing is generated or paired twice. Restarts are counted for the report.
+where it stopped and nothing is generated or paired twice. One that dies between stages (after
+its share of the round is done, during training or the weight push) is found by `heal`, which
+the driver calls after training and before evaluating. Restarts are counted for the report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from evolve_ray.tasks.base import Task
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 4  # per shard and stage: a deterministic failure must not loop forever
+ROLES = ("generator", "scorer")  # the replaceable actors
 
 
 @dataclass
@@ -86,6 +89,31 @@ class Fleet:
         actors[i] = self._generator(i) if role == "generator" else self._scorer(i)
         self.restarts[role] += 1
         log.warning("%s %d died; replaced it (restarts so far: %d)", role, i, self.restarts[role])
+
+    def heal(self) -> None:
+        """Replace every actor that has died, and every generator that does not serve the fleet's
+        version (it missed the last push); returns once all answer. A replacement can die too
+        (placed on a node before Ray knew the node was gone): it is replaced again."""
+        attempts: Counter[tuple[str, int]] = Counter()
+        for role in ROLES:
+            actors = self.generators if role == "generator" else self.scorers
+            todo = list(range(len(actors)))
+            while todo:
+                probes = {i: actors[i].info.remote() for i in todo}
+                todo = []
+                for i, ref in probes.items():
+                    try:
+                        info = ray.get(ref)
+                        if role == "scorer" or info["version"] == self.version:
+                            continue
+                        log.warning("generator %d serves v%d, not v%d", i, info["version"], self.version)
+                    except RayActorError:
+                        pass
+                    attempts[role, i] += 1
+                    if attempts[role, i] > MAX_ATTEMPTS:
+                        raise RuntimeError(f"{role} {i} could not be replaced in {MAX_ATTEMPTS} tries")
+                    self.replace(role, i)
+                    todo.append(i)
 
     def launch(self, role: str, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int]) -> Launch:
         """Start `submit(actor, i)` for each index without waiting (stages overlap)."""

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
-from evolve_ray.fleet import Fleet
+from evolve_ray.fleet import MAX_ATTEMPTS, ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
@@ -78,7 +79,10 @@ class Session:
     def mark(self, round_: int, stage: str, metrics: dict[str, Any]) -> None:
         path = round_dir(self.run, round_) / "metrics.json"
         metrics = finite_row(metrics)  # NaN (e.g. no pairs to average) is "no value", not a number
-        merged = (read_json(path) if path.exists() else {}) | metrics
+        old = read_json(path) if path.exists() else {}
+        # Fault counters add up over the round's stages; everything else is the stage's own.
+        metrics |= {k: old[k] + v for k, v in metrics.items() if k.startswith("fault/") and k in old}
+        merged = old | metrics
         write_json(path, merged)
         self.state["last"] = {"round": round_, "stage": stage}
         write_json(self.run / "state.json", self.state)
@@ -132,9 +136,12 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
     score_stats = list(s.fleet.finish(scoring, lambda: ray.get(s.buffer.generation_done.remote())).values())
     out = collect_metrics(s, gen_stats, score_stats)
     out["gen/prompts"] = float(len(prompts))
-    for role in ("generator", "scorer"):
-        out[f"fault/{role}_restarts"] = float(s.fleet.restarts[role] - restarts_before.get(role, 0))
-    return out
+    return out | restarts_since(s, restarts_before)
+
+
+def restarts_since(s: Session, before: dict[str, int]) -> dict[str, float]:
+    """The stage's actor replacements; `Session.mark` adds them up over the round's stages."""
+    return {f"fault/{role}_restarts": float(s.fleet.restarts[role] - before.get(role, 0)) for role in ROLES}
 
 
 def collect_metrics(s: Session, gen_stats: list[dict], score_stats: list[dict]) -> dict[str, Any]:
@@ -181,13 +188,27 @@ def train(s: Session, round_: int) -> dict[str, Any]:
         return {"train/skipped": 1.0, "policy/version": float(_served_version(s))}
     metrics = s.trainer.train_round(round_, pairs, s.generators)
     s.fleet.served(version=round_ + 1, policy=str(checkpoint_dir(s.run, round_)))
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    before = dict(s.fleet.restarts)
+    s.fleet.heal()  # a generator lost since collect (sync/generators_lost) comes back on the new weights
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))} | restarts_since(s, before)
 
 
 def evaluate(s: Session, round_: int) -> dict[str, Any]:
-    """Greedy chain on held-out prompts; score and (if verifiable) accuracy per turn."""
+    """Greedy chain on held-out prompts; score and (if verifiable) accuracy per turn. An actor
+    that dies meanwhile is replaced and the stage starts again (it writes only eval.parquet)."""
     if s.cfg.data.eval_prompts == 0:
         return {}
+    before = dict(s.fleet.restarts)
+    for _ in range(MAX_ATTEMPTS - 1):
+        try:
+            return _evaluate(s, round_) | restarts_since(s, before)
+        except RayActorError as e:
+            log.warning("an actor died during evaluation (%s); replacing it and evaluating again", type(e).__name__)
+            s.fleet.heal()
+    return _evaluate(s, round_) | restarts_since(s, before)  # the last try: a failure now ends the run
+
+
+def _evaluate(s: Session, round_: int) -> dict[str, Any]:
     chain = s.cfg.run.eval_strategy == "chain"
     return evaluate_prompts(
         s.generators,

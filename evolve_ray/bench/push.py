@@ -78,7 +78,10 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
             nonlocal version
             job = RoundJob(version, [], [ray.put(gens[:n])], policy, "object_store", submitted_at=time.time())
             version += 1
-            return push_weights(state, job)
+            seconds, lost = push_weights(state, job)
+            if lost:
+                raise RuntimeError(f"{lost} generator(s) died during the push benchmark")
+            return seconds
 
         push_s, samples = best_of(1 if ctx.smoke else REPS, push_once)
         part.settings[f"{label}_n{n}_push_s"] = [round(s, 3) for s in samples]

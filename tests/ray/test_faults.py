@@ -90,3 +90,31 @@ def test_buffer_killed_and_generator_process_exits_mid_round(ray_cluster, tiny_m
     assert box, "the run did not finish"
     row = _check_round(tmp_path / "run")
     assert row["fault/generator_restarts"] >= 1
+
+
+def test_generator_killed_after_its_share_is_done(ray_cluster, tiny_models, tmp_path) -> None:
+    """Killed once collect has finished, while the trainer trains: the weight push skips it and
+    counts it, the driver replaces it on the new weights, and the round evaluates."""
+    run = tmp_path / "run"
+    cfg = tiny_cfg(
+        run,
+        tiny_models,
+        "run.rounds=1",
+        "data.prompts_per_round=8",
+        "generation.backend=transformers",
+        "generation.num_generators=2",
+    )
+    t, box = _run_in_background(cfg)
+    collected = run / "rounds" / "r000" / "metrics.json"  # written when the collect stage is marked
+    deadline = time.time() + 300
+    while not collected.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert collected.exists(), "collect never finished"
+    ray.kill(ray.get_actor("generator-1"))  # the trainer's first step is seconds away
+    t.join(timeout=600)
+    assert box, "the run did not finish"
+    (row,) = load_rows(run)
+    assert row["sync/generators_lost"] == 1  # the push met the dead generator
+    assert row["fault/generator_restarts"] == 1 and row["fault/scorer_restarts"] == 0
+    assert row["policy/version"] == 1
+    assert "eval/turn_0_score" in row  # evaluated on the replacement
