@@ -180,6 +180,9 @@ class ClusterConfig:
     num_cpus: int = _f(0, "Logical CPUs of a local cluster (0: detect).", min=0)
     dashboard_host: str = _f("127.0.0.1", "Dashboard bind address of a local cluster.")
     include_dashboard: bool = _f(True, "Start the dashboard with a local cluster.")
+    placement_timeout_s: float = _f(
+        600.0, "Seconds to wait for the cluster to place the generators' and scorers' resources.", min=1
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ journal holds every candidate and score already streamed, so the planner resumes
 where it stopped and nothing is generated or paired twice. One that dies between stages (after
 its share of the round is done, during training or the weight push) is found by `heal`, which
 the driver calls after training and before evaluating. Restarts are counted for the report.
+
+Each generator and scorer slot reserves its CPUs and GPUs in a placement group of its own, made
+once and kept for the run: a replacement takes the slot's bundle again, and when the bundle's
+node dies Ray places the bundle on another node. The run stops with one clear error when the
+cluster cannot place a slot's bundle in `cluster.placement_timeout_s`.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import Config
+from evolve_ray.errors import UserError
 from evolve_ray.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class Fleet:
         self.cfg, self.run_dir, self.env, self.task = cfg, run_dir, env, task
         self.policy, self.version, self.reward = policy, version, reward
         self.restarts: Counter[str] = Counter()
+        self.groups: dict[tuple[str, int], PlacementGroup] = {}
         self.generators = [self._generator(i) for i in range(cfg.generation.num_generators)]
         self.scorers = [self._scorer(i) for i in range(cfg.scoring.num_scorers)]
         # Every buffer method is idempotent (ids dedupe, state is rebuilt from the journal), so
@@ -61,18 +69,50 @@ class Fleet:
         self.buffer = BufferActor.options(
             name="buffer", max_restarts=-1, max_task_retries=-1, scheduling_strategy=driver_node
         ).remote(cfg, str(run_dir), task)
+        self._wait_placed()
 
     def _generator(self, i: int) -> Any:
         g = self.cfg.generation
         return GeneratorActor.options(
-            name=f"generator-{i}", num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator, runtime_env=self.env
+            name=f"generator-{i}",
+            runtime_env=self.env,
+            **self._reserve("generator", i, g.cpus_per_generator, g.gpus_per_generator),
         ).remote(self.cfg, self.policy, i, self.version)
 
     def _scorer(self, i: int) -> Any:
         s = self.cfg.scoring
         return ScorerActor.options(
-            name=f"scorer-{i}", num_cpus=s.cpus_per_scorer, num_gpus=s.gpus_per_scorer, runtime_env=self.env
+            name=f"scorer-{i}", runtime_env=self.env, **self._reserve("scorer", i, s.cpus_per_scorer, s.gpus_per_scorer)
         ).remote(self.cfg, self.reward, i, self.task)
+
+    def _reserve(self, role: str, i: int, cpus: float, gpus: float) -> dict[str, Any]:
+        """The actor options of a slot: its resources, in the slot's own placement group (made on
+        the slot's first actor, reused by its replacements). A slot that asks for nothing gets none."""
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+        bundle = {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+        if not bundle:
+            return options
+        if (role, i) not in self.groups:
+            self.groups[role, i] = placement_group([bundle], strategy="STRICT_PACK")
+        strategy = PlacementGroupSchedulingStrategy(self.groups[role, i], placement_group_bundle_index=0)
+        return options | {"scheduling_strategy": strategy}
+
+    def _wait_placed(self) -> None:
+        """Block until every slot's bundle is placed; one clear error when the cluster can't."""
+        timeout = self.cfg.cluster.placement_timeout_s
+        ready = {pg.ready(): key for key, pg in self.groups.items()}
+        if not ready:
+            return
+        done, _ = ray.wait(list(ready), num_returns=len(ready), timeout=timeout)
+        unplaced = [ready[ref] for ref in ready if ref not in done]
+        if unplaced:
+            asked = ", ".join(f"{role}-{i} {self.groups[role, i].bundle_specs[0]}" for role, i in unplaced)
+            self.close()
+            raise UserError(
+                f"the cluster could not place {asked} within cluster.placement_timeout_s={timeout:g} s "
+                f"(cluster resources: {ray.cluster_resources()}); lower the cpus_per_/gpus_per_ settings "
+                "or add nodes"
+            )
 
     def ready(self) -> list[dict]:
         infos = ray.get([g.info.remote() for g in self.generators])
@@ -150,3 +190,5 @@ class Fleet:
     def close(self) -> None:
         for actor in [*self.generators, *self.scorers, self.buffer]:
             ray.kill(actor, no_restart=True)
+        for pg in self.groups.values():
+            remove_placement_group(pg)

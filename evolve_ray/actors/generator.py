@@ -7,6 +7,7 @@ import os
 import resource
 
 import ray
+from ray.util import get_current_placement_group
 
 from evolve_ray.config import Config
 from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_shapes, validate_weights
@@ -40,6 +41,7 @@ class GeneratorActor:
             "backend": self.engine.name,
             "version": self.served_version,
             "pid": os.getpid(),
+            "placement_group": pg.id.hex() if (pg := get_current_placement_group()) else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         }
 

@@ -8,6 +8,7 @@ import resource
 import time
 
 import ray
+from ray.util import get_current_placement_group
 
 from evolve_ray.config import Config
 from evolve_ray.scoring import RewardModelScorer, Scorer, VerifierScorer
@@ -40,6 +41,7 @@ class ScorerActor:
             "index": self.index,
             "kind": self.cfg.scoring.kind,
             "pid": os.getpid(),
+            "placement_group": pg.id.hex() if (pg := get_current_placement_group()) else None,
             "scored": self.scored,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         }

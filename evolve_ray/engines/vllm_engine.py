@@ -36,6 +36,10 @@ class VLLMEngine:
         # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
         cpu_only = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+        # The actor holds all its GPUs in one bundle of its own placement group (fleet.py): the
+        # tensor-parallel workers run as its child processes. Left to choose, vLLM would pick its
+        # Ray executor inside a placement group and look there for one bundle per GPU.
+        executor = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -48,6 +52,7 @@ class VLLMEngine:
             runner=runner,
             load_format="safetensors",  # never pickle (*.bin), also for hub ids (models/loading.py)
             **cpu_only,
+            **executor,
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[GenOutput]:

@@ -13,6 +13,7 @@ import pandas as pd
 import ray
 
 from evolve_ray import loop
+from evolve_ray.fleet import Fleet
 from evolve_ray.report import load_rows
 
 from .test_run import tiny_cfg
@@ -67,16 +68,37 @@ def _slow_cfg(out: Path, tiny_models):
     )
 
 
-def test_generator_and_scorer_killed_mid_round(ray_cluster, tiny_models, tmp_path) -> None:
+def _record_replacements(monkeypatch) -> list[tuple[str, str | None, str | None]]:
+    """(role, the slot's placement group, the one the replacement runs in) per Fleet replacement."""
+    seen: list[tuple[str, str | None, str | None]] = []
+    real = Fleet.replace
+
+    def replace(self: Fleet, role: str, i: int) -> None:
+        real(self, role, i)
+        actor = (self.generators if role == "generator" else self.scorers)[i]
+        seen.append((role, self.groups[role, i].id.hex(), ray.get(actor.info.remote())["placement_group"]))
+
+    monkeypatch.setattr(Fleet, "replace", replace)
+    return seen
+
+
+def test_generator_and_scorer_killed_mid_round(ray_cluster, tiny_models, tmp_path, monkeypatch) -> None:
+    replaced = _record_replacements(monkeypatch)
     t, box = _run_in_background(_slow_cfg(tmp_path / "run", tiny_models))
     _wait_for_candidates(4)
+    gen, scorer = (ray.get(ray.get_actor(name).info.remote()) for name in ("generator-0", "scorer-0"))
+    table = ray.util.placement_group_table()  # each actor in a group of its own, holding its CPUs
+    assert table[gen["placement_group"]]["bundles"] == {0: {"CPU": 0.5}}
+    assert table[scorer["placement_group"]]["bundles"] == {0: {"CPU": 0.25}}
     ray.kill(ray.get_actor("generator-0"))  # a clean kill
-    pid = ray.get(ray.get_actor("scorer-0").info.remote())["pid"]
-    os.kill(pid, signal.SIGKILL)  # a hard process exit
+    os.kill(scorer["pid"], signal.SIGKILL)  # a hard process exit
     t.join(timeout=600)
     assert box, "the run did not finish"
     row = _check_round(tmp_path / "run")
     assert row["fault/generator_restarts"] >= 1 and row["fault/scorer_restarts"] >= 1
+    assert {role for role, _, _ in replaced} == {"generator", "scorer"}
+    assert all(slot == runs_in for _, slot, runs_in in replaced)  # the replacement took the slot's bundle
+    assert {gen["placement_group"], scorer["placement_group"]} <= {slot for _, slot, _ in replaced}
 
 
 def test_buffer_killed_and_generator_process_exits_mid_round(ray_cluster, tiny_models, tmp_path) -> None:

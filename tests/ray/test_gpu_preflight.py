@@ -1,11 +1,20 @@
 """More GPUs asked than the cluster has: refused right after connecting, in one line, before any
-actor starts (the run would otherwise wait forever for resources that never come)."""
+actor starts (the run would otherwise wait forever for resources that never come). Resources the
+cluster has in total but cannot place for an actor: one clear error once the placement wait ends,
+with nothing left reserved."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import ray
+
+from evolve_ray import loop
+from evolve_ray.errors import UserError
+
 from .cli_process import Driver
+from .test_run import tiny_cfg
 
 
 def test_cli_refuses_more_gpus_than_the_cluster_has(tiny_models, tmp_path: Path) -> None:
@@ -31,3 +40,11 @@ def test_cli_refuses_more_gpus_than_the_cluster_has(tiny_models, tmp_path: Path)
     for actor in ("GeneratorActor", "ScorerActor", "BufferActor", "RayTrainWorker"):  # ...before any actor
         assert actor not in out
     assert not (run / "rounds").exists() and not (run / "ray_train").exists()
+
+
+def test_a_generator_the_cluster_cannot_place_is_one_clear_error(ray_cluster, tiny_models, tmp_path) -> None:
+    cfg = tiny_cfg(tmp_path / "run", tiny_models, "generation.cpus_per_generator=64", "cluster.placement_timeout_s=3")
+    with pytest.raises(UserError, match=r"could not place generator-0 \{'CPU': 64(\.0)?\} within cluster\.placement_t"):
+        loop.run(cfg)
+    stuck = [g for g in ray.util.placement_group_table().values() if g["bundles"] == {0: {"CPU": 64.0}}]
+    assert stuck and all(g["state"] == "REMOVED" for g in stuck)  # the reservation was given back

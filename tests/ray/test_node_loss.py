@@ -4,9 +4,9 @@ every chain exactly once.
 
 The 2-node cluster (ray.cluster_utils.Cluster) cannot share a process with the test session's
 cluster, so this module's `main` runs it in a subprocess (`python -m tests.ray.test_node_loss`)
-and prints what it saw; the test asserts on that. The generators are started on the node that
-will be removed with a soft node affinity, so the scenario is the same every time; replacements
-fall back to the other node because the first one is gone.
+and prints what it saw; the test asserts on that. The generators' placement groups are started on
+the node that will be removed (a soft target node), so the scenario is the same every time; Ray
+places the groups again on the other node when the first one is gone, and the replacements follow.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def main(out: str, policy: str, reward: str) -> None:
     import ray
     from ray._private import state
     from ray.cluster_utils import Cluster
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from evolve_ray import fleet, loop
     from evolve_ray.config import load_config
@@ -43,17 +42,16 @@ def main(out: str, policy: str, reward: str) -> None:
     cluster.wait_for_nodes()
     head = cluster.head_node.node_id
 
-    real, first = fleet.GeneratorActor, {"generator-0", "generator-1"}
+    real, first = fleet.placement_group, iter(range(2))
 
-    class OnDoomedNode:  # test scaffolding: where the generators start (the fault below is real)
-        @staticmethod
-        def options(**kw):
-            if kw["name"] not in first:  # a replacement: Ray places it
-                return real.options(**kw)
-            first.discard(kw["name"])
-            return real.options(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed.node_id, soft=True), **kw)
+    def on_doomed_node(bundles, **kw):  # test scaffolding: where the generators start (the fault below is real)
+        # The Fleet makes the generators' placement groups first, one per generator. Ray places
+        # the bundles of a group again on the node that is left when theirs is removed.
+        if next(first, None) is not None:
+            kw["_soft_target_node_id"] = doomed.node_id
+        return real(bundles, **kw)
 
-    fleet.GeneratorActor = OnDoomedNode
+    fleet.placement_group = on_doomed_node
     cfg = load_config(
         None,
         [
