@@ -1,34 +1,40 @@
 """Weight transport: how a trainer's new weights reach the generators.
 
 One small interface, three transports (config `sync.transport`):
-- object_store: the state dict serialised once as safetensors bytes and put in the Ray object
-  store; every generator deserialises it (CPU / single node).
+- object_store: the state dict's tensors as numpy arrays, put once in the Ray object store; every
+  generator on the node reads them in place, without a copy (CPU / single node).
 - disk: the checkpoint directory on shared storage; generators read its safetensors files.
 - nccl: vLLM's native GPU weight transfer; GPU clusters only (not available on CPU).
-Both sides see plain Python values: the payload crosses process boundaries, tensors do not.
-No ray import here: the caller puts bytes into the object store.
+The payload holds numpy arrays, not torch tensors: Ray hands numpy arrays to their readers
+straight from shared memory (torch tensors would be pickled and copied). No ray import here:
+the caller puts the payload into the object store.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file
-from safetensors.torch import save as save_bytes
 
 
 @dataclass(frozen=True)
 class WeightPayload:
-    """What travels to a generator: either safetensors bytes or a checkpoint directory."""
+    """What travels to a generator: the tensors as (name, torch dtype, array), or a checkpoint
+    directory. bfloat16, which numpy lacks, travels as its 16-bit pattern (int16)."""
 
     version: int
     transport: str
-    data: bytes | None = None
+    tensors: tuple[tuple[str, str, np.ndarray], ...] = ()
     path: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for _, _, a in self.tensors)
 
 
 def pack(
@@ -36,8 +42,8 @@ def pack(
 ) -> WeightPayload:
     """Trainer side: turn a full (gathered) state dict into a payload for `transport`."""
     if transport == "object_store":
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        return WeightPayload(version=version, transport=transport, data=save_bytes(tensors))
+        tensors = tuple((k, str(t.dtype).removeprefix("torch."), _as_array(t)) for k, t in state_dict.items())
+        return WeightPayload(version=version, transport=transport, tensors=tensors)
     if transport == "disk":
         if path is None:
             raise ValueError("disk transport needs the checkpoint path")
@@ -48,8 +54,12 @@ def pack(
 def unpack(payload: WeightPayload) -> Iterator[tuple[str, torch.Tensor]]:
     """Generator side: the (name, tensor) pairs of a payload, in Hugging Face parameter names."""
     if payload.transport == "object_store":
-        assert payload.data is not None
-        yield from load_bytes(payload.data).items()
+        # Arrays read from the object store are read-only views of shared memory; torch warns
+        # that they are not writable. The engines copy them into their own parameters.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = [(k, _as_tensor(a, dtype)) for k, dtype, a in payload.tensors]
+        yield from tensors
     elif payload.transport == "disk":
         files = sorted(Path(payload.path or "").glob("*.safetensors"))
         if not files:
@@ -58,3 +68,14 @@ def unpack(payload: WeightPayload) -> Iterator[tuple[str, torch.Tensor]]:
             yield from load_file(f).items()
     else:
         raise ValueError(f"unknown transport {payload.transport!r}")
+
+
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a tensor's memory (no copy for a contiguous CPU tensor)."""
+    t = t.detach().to("cpu").contiguous()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _as_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t

@@ -1,0 +1,68 @@
+"""Weight payloads and the checks a generator makes before loading one. In the object-store payload
+tensors travel as numpy arrays (which Ray hands to readers from shared memory), bfloat16
+included, and come back bit for bit."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from evolve_ray.engines.base import WeightLoadError, validate_weights
+from evolve_ray.sync.transport import WeightPayload, pack, unpack
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_object_store_payload_round_trips_bit_for_bit(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "embed.weight": torch.randn(5, 4, generator=g).to(dtype),
+        "norm.weight": torch.randn(4, generator=g).to(dtype),
+    }
+    payload = pack(state, version=3, transport="object_store")
+    # Through pickle protocol 5, as Ray serialises it: arrays become out-of-band buffers.
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == len(state)  # every tensor travels out of band, not inside the pickle
+    back = dict(unpack(pickle.loads(data, buffers=buffers)))
+    assert list(back) == list(state)
+    for name, t in state.items():
+        assert back[name].dtype == dtype and torch.equal(back[name], t), name
+    assert payload.nbytes == sum(t.numel() * t.element_size() for t in state.values())
+
+
+def test_pack_makes_no_copy_of_a_contiguous_cpu_tensor() -> None:
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    ((_, dtype, array),) = pack({"w": t}, version=1, transport="object_store").tensors
+    assert dtype == "float32" and np.shares_memory(array, t.numpy())
+
+
+def test_read_only_arrays_unpack_without_a_warning() -> None:
+    array = np.ones(3, dtype=np.float32)
+    array.flags.writeable = False  # as Ray returns them from the object store
+    payload = WeightPayload(version=1, transport="object_store", tensors=(("w", "float32", array),))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ((name, t),) = unpack(payload)
+    assert not caught, [str(w.message) for w in caught]
+    assert name == "w" and torch.equal(t, torch.ones(3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_validate_refuses_a_non_finite_value_anywhere(bad: float, dtype: torch.dtype) -> None:
+    w = torch.zeros(7, 5, dtype=dtype)
+    validate_weights({"w": w}, {"w": (7, 5)})  # finite: accepted
+    w[4, 2] = bad
+    with pytest.raises(WeightLoadError, match="w: contains NaN or inf"):
+        validate_weights({"w": w}, {"w": (7, 5)})
+
+
+def test_validate_refuses_other_names_or_shapes() -> None:
+    with pytest.raises(WeightLoadError, match=r"missing \['b'\], unexpected \['c'\]"):
+        validate_weights({"a": torch.zeros(2), "c": torch.zeros(2)}, {"a": (2,), "b": (2,)})
+    with pytest.raises(WeightLoadError, match=r"a: shape \(3,\) != served \(2,\)"):
+        validate_weights({"a": torch.zeros(3)}, {"a": (2,)})
