@@ -10,23 +10,11 @@ from typing import Any
 
 import ray
 
-from evolve_ray.core.stats import turn_stats
+from evolve_ray.core.stats import accuracy_stats, chain_scores, turn_lengths, turn_stats
 from evolve_ray.rundir import write_parquet
 from evolve_ray.types import Candidate, Prompt, Score, to_row
 
 log = logging.getLogger(__name__)
-
-
-def chain_scores(cands: list[Candidate], score_of: dict[str, float | None]) -> dict[str, list[float | None]]:
-    """Chain 0's scores by turn, per prompt (the chain that refinement statistics follow)."""
-    out: dict[str, list[float | None]] = {}
-    for c in sorted((c for c in cands if c.chain == 0), key=lambda c: (c.prompt_id, c.turn)):
-        out.setdefault(c.prompt_id, []).append(score_of.get(c.id))
-    return out
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def evaluate_prompts(
@@ -65,10 +53,9 @@ def evaluate_prompts(
         f"eval/{k}": v for k, v in turn_stats(chain_scores(cands, score_of), tolerance=tolerance).items()
     }
     if correct:
-        for t in range(turns + 1):
-            out[f"eval/turn_{t}_accuracy"] = mean([correct[c.id] for c in cands if c.turn == t and c.chain == 0])
-        acc = turn_stats(chain_scores(cands, correct), tolerance=0.5)
-        out.update({f"eval/acc_{k}": v for k, v in acc.items() if not k.endswith("_score")})
+        out.update({f"eval/{k}": v for k, v in accuracy_stats(cands, correct).items()})
+    out.update({f"eval/{k}": v for k, v in turn_lengths(cands).items()})
+    out["eval/tokens"] = float(sum(c.num_tokens for c in cands))
     out["eval/direct_score"] = out.get("eval/turn_0_score", float("nan"))
     out["eval/prompts"] = float(len(prompts))
     return out

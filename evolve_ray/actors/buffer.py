@@ -47,6 +47,7 @@ class BufferActor:
         self.state: BufferState | None = None
         self.generation_finished = False
         self.extract = task.extract_answer if task.verifiable else None
+        self.verify = task.verify if task.verifiable else None
         self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
 
     def _reopen_latest(self) -> None:
@@ -96,9 +97,6 @@ class BufferActor:
         ordered = sorted(self._s.pairs.values(), key=lambda p: p.id)
         return ordered[rank::world_size]
 
-    def all_scored(self) -> list[ScoredCandidate]:
-        return [sc for pid in self._s.prompts for sc in self._s.scored(pid)]
-
     def complete(self) -> bool:
         return self._s.complete()
 
@@ -106,9 +104,13 @@ class BufferActor:
         return self._s.summary()
 
     def finalize(self) -> dict[str, float]:
-        """Write the round's consolidated candidates.parquet and pairs.parquet."""
+        """Write the round's consolidated candidates.parquet and pairs.parquet; the round's metrics."""
         self._s.export(round_dir(self.run_dir, self._s.round))
-        return self._s.summary()
+        return self._s.round_metrics(
+            tolerance=self.cfg.selection.tie_tolerance,
+            verify=self.verify,
+            reward_model=self.cfg.scoring.kind == "reward_model",
+        )
 
     @property
     def _s(self) -> BufferState:

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evolve_ray.core.selection import Selection
+from evolve_ray.core.stats import accuracy_stats, chain_scores, mean, reward_vs_verifier, turn_lengths, turn_stats
 from evolve_ray.rundir import read_parquet_rows, write_parquet
 from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate, from_row, to_row
 
 Selector = Callable[[Prompt, list[ScoredCandidate]], Selection]
+Verify = Callable[[Prompt, str], bool]
 KINDS = ("prompts", "candidates", "finished", "scores", "decisions", "pairs")
 
 
@@ -127,6 +129,44 @@ class BufferState:
         }
         out.update({f"pairs/dropped_{r}": float(n) for r, n in reasons.items()})
         out.update({f"score/invalid_{r}": float(n) for r, n in invalid.items()})
+        return out
+
+    def round_metrics(self, *, tolerance: float, verify: Verify | None, reward_model: bool) -> dict[str, float]:
+        """The collect stage's report keys, computed here where the candidates live.
+
+        Args:
+            tolerance: score changes at or below this count as unchanged (refine/ shares).
+            verify: the task's exact checker, for verifiable tasks: adds per-turn accuracy with
+                fixed / broken shares (refine/turn_k_accuracy, refine/acc_turn_k_*_frac) and how
+                often a pair's chosen answer is wrong (pairs/chosen_wrong_frac).
+            reward_model: scores come from a reward model: adds its agreement with the verifier.
+
+        Returns:
+            summary() plus refine/, score/reward_mean, pairs/margin_mean and gen/turn_k_mean_tokens.
+        """
+        cands = list(self.candidates.values())
+        score_of = {cid: s.value for cid, s in self.scores.items()}
+        stats = turn_stats(chain_scores(cands, score_of), tolerance=tolerance)
+        out = self.summary() | {f"refine/{k}": v for k, v in stats.items()}
+        for k in ("improved_frac", "degraded_frac"):
+            out[f"refine/{k}"] = mean([v for key, v in stats.items() if key.endswith(k)])
+        direct = [p for p in self.pairs.values() if p.kind == "direct"]
+        out["score/reward_mean"] = mean([v for v in score_of.values() if v is not None])
+        out["pairs/margin_mean"] = mean(
+            [
+                p.chosen_score - p.rejected_score
+                for p in direct
+                if p.chosen_score is not None and p.rejected_score is not None
+            ]
+        )
+        out |= {f"gen/{k}": v for k, v in turn_lengths(cands).items()}
+        if verify is not None:
+            correct = {c.id: float(verify(self.prompts[c.prompt_id], c.text)) for c in cands}
+            out |= {f"refine/{k}": v for k, v in accuracy_stats(cands, correct).items()}
+            judged = reward_vs_verifier(score_of, correct, [p.chosen_id for p in direct])
+            out["pairs/chosen_wrong_frac"] = judged["chosen_wrong_frac"]
+            if reward_model:
+                out["score/rm_verifier_agreement"] = judged["rm_verifier_agreement"]
         return out
 
     def export(self, out: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+from evolve_ray.types import Candidate
 
 
 def turn_stats(scores_by_prompt: dict[str, list[float | None]], *, tolerance: float) -> dict[str, float]:
@@ -35,3 +38,63 @@ def turn_stats(scores_by_prompt: dict[str, list[float | None]], *, tolerance: fl
             out[f"turn_{k}_unchanged_frac"] = sum(abs(d) <= tolerance for d in diffs) / n
             out[f"turn_{k}_degraded_frac"] = sum(d < -tolerance for d in diffs) / n
     return out
+
+
+def mean(xs: list[float]) -> float:
+    """Arithmetic mean; NaN for no values (report rows drop non-finite values)."""
+    return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def chain_scores(cands: list[Candidate], score_of: Mapping[str, float | None]) -> dict[str, list[float | None]]:
+    """Chain 0's scores by turn, per prompt (the chain that refinement statistics follow)."""
+    out: dict[str, list[float | None]] = {}
+    for c in sorted((c for c in cands if c.chain == 0), key=lambda c: (c.prompt_id, c.turn)):
+        out.setdefault(c.prompt_id, []).append(score_of.get(c.id))
+    return out
+
+
+def turn_lengths(cands: list[Candidate]) -> dict[str, float]:
+    """turn_{k}_mean_tokens: mean generated tokens of the responses at turn k (length drift)."""
+    by_turn: dict[int, list[float]] = {}
+    for c in cands:
+        by_turn.setdefault(c.turn, []).append(float(c.num_tokens))
+    return {f"turn_{k}_mean_tokens": mean(v) for k, v in sorted(by_turn.items())}
+
+
+def accuracy_stats(cands: list[Candidate], correct: dict[str, float]) -> dict[str, float]:
+    """Verifier accuracy of chain 0 per turn and its fixed / broken shares between turns.
+
+    Returns:
+        turn_{k}_accuracy and acc_turn_{k}_{improved,unchanged,degraded}_frac (improved = a wrong
+        answer fixed, degraded = a right answer broken).
+    """
+    out = {f"turn_{k}_accuracy": v for k, v in _per_turn_mean(cands, correct).items()}
+    acc = turn_stats(chain_scores(cands, dict(correct)), tolerance=0.5)
+    return out | {f"acc_{k}": v for k, v in acc.items() if not k.endswith("_score")}
+
+
+def _per_turn_mean(cands: list[Candidate], values: dict[str, float]) -> dict[int, float]:
+    by_turn: dict[int, list[float]] = {}
+    for c in cands:
+        if c.chain == 0 and c.id in values:
+            by_turn.setdefault(c.turn, []).append(values[c.id])
+    return {k: mean(v) for k, v in sorted(by_turn.items())}
+
+
+def reward_vs_verifier(
+    scores: dict[str, float | None], correct: dict[str, float], chosen_ids: list[str]
+) -> dict[str, float]:
+    """How far a reward model's judgement follows the exact verifier (reviewers' reward-bias check).
+
+    Args:
+        scores: candidate id -> the scorer's value (a reward model's raw logit: > 0 reads "good").
+        correct: candidate id -> 1.0 / 0.0 from the task's verifier.
+        chosen_ids: the chosen candidate of each direct pair.
+
+    Returns:
+        rm_verifier_agreement: share of scored candidates where (score > 0) == correct;
+        chosen_wrong_frac: share of pairs whose chosen answer the verifier calls wrong.
+    """
+    judged = [(s > 0) == (correct[c] > 0.5) for c, s in scores.items() if s is not None and c in correct]
+    chosen = [1.0 - correct[c] for c in chosen_ids if c in correct]
+    return {"rm_verifier_agreement": mean([float(j) for j in judged]), "chosen_wrong_frac": mean(chosen)}

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from evolve_ray.core.stats import turn_stats
+from evolve_ray.core.stats import accuracy_stats, reward_vs_verifier, turn_lengths, turn_stats
+from evolve_ray.types import Candidate
 
 
 def test_turn_stats_hand_values() -> None:
@@ -46,3 +47,44 @@ def test_nan_and_missing_keys_are_left_out() -> None:
     }
     assert turn_stats({}, tolerance=0.0) == {}
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def _cand(prompt: str, turn: int, text: str, tokens: int, chain: int = 0) -> Candidate:
+    return Candidate(prompt, chain, turn, text, None, 0, 0, "chain", num_tokens=tokens)
+
+
+def test_accuracy_stats_count_fixed_and_broken_answers() -> None:
+    """p: wrong -> right (fixed at turn 1); q: right -> wrong (broken); r: right -> right.
+    Turn 0 accuracy 2/3, turn 1 2/3; turn 1 improved 1/3, degraded 1/3. Chain 1 is not followed."""
+    cands = [
+        _cand("p", 0, "1", 1),
+        _cand("p", 1, "2", 1),
+        _cand("q", 0, "3", 1),
+        _cand("q", 1, "4", 1),
+        _cand("r", 0, "5", 1),
+        _cand("r", 1, "5", 1),
+        _cand("r", 0, "9", 1, chain=1),
+    ]
+    right = {"p/c0/t1", "q/c0/t0", "r/c0/t0", "r/c0/t1"}
+    correct = {c.id: float(c.id in right) for c in cands}
+    stats = accuracy_stats(cands, correct)
+    assert stats["turn_0_accuracy"] == pytest.approx(2 / 3) and stats["turn_1_accuracy"] == pytest.approx(2 / 3)
+    assert stats["acc_turn_1_improved_frac"] == pytest.approx(1 / 3)
+    assert stats["acc_turn_1_degraded_frac"] == pytest.approx(1 / 3)
+    assert stats["acc_turn_1_unchanged_frac"] == pytest.approx(1 / 3)
+
+
+def test_turn_lengths_average_tokens_per_turn() -> None:
+    """Turn 0: (2 + 4) / 2 = 3 tokens; turn 1: 6."""
+    cands = [_cand("p", 0, "a", 2), _cand("q", 0, "b", 4), _cand("p", 1, "c", 6)]
+    assert turn_lengths(cands) == {"turn_0_mean_tokens": 3.0, "turn_1_mean_tokens": 6.0}
+
+
+def test_reward_vs_verifier_agreement_and_wrong_chosen() -> None:
+    """a: +1.2, right (agree); b: -0.3, wrong (agree); c: +0.4, wrong (disagree); d: no score (skipped).
+    Agreement 2/3. Chosen a (right) and c (wrong): half the chosen answers are wrong."""
+    scores = {"a": 1.2, "b": -0.3, "c": 0.4, "d": None}
+    correct = {"a": 1.0, "b": 0.0, "c": 0.0, "d": 1.0}
+    out = reward_vs_verifier(scores, correct, ["a", "c"])
+    assert out == pytest.approx({"rm_verifier_agreement": 2 / 3, "chosen_wrong_frac": 0.5})
+    assert math.isnan(reward_vs_verifier({}, {}, [])["chosen_wrong_frac"])
