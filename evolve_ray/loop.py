@@ -24,14 +24,13 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
-from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
+from evolve_ray.evaluation import evaluate_prompts
 from evolve_ray.fleet import MAX_ATTEMPTS, ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
-from evolve_ray.report import append_row, finite_row, write_report
-from evolve_ray.rundir import atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
+from evolve_ray.report import append_row, finite_row, load_rows, write_report
+from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import Prompt
@@ -145,39 +144,19 @@ def restarts_since(s: Session, before: dict[str, int]) -> dict[str, float]:
 
 
 def collect_metrics(s: Session, gen_stats: list[dict], score_stats: list[dict]) -> dict[str, Any]:
-    """The collect stage's report keys: buffer counts, per-turn refinement stats, throughput."""
-    summary = ray.get(s.buffer.finalize.remote())
-    scored = ray.get(s.buffer.all_scored.remote())
-    chains = chain_scores([sc.candidate for sc in scored], {sc.candidate.id: sc.score for sc in scored})
-    stats = turn_stats(chains, tolerance=s.cfg.selection.tie_tolerance)
+    """The collect stage's report keys: the buffer's own round metrics, plus throughput."""
+    out = ray.get(s.buffer.finalize.remote())
     tokens = sum(st["gen/tokens"] for st in gen_stats)
     gen_s = max((st["gen/seconds"] for st in gen_stats), default=0.0)
-    valid = [sc.score for sc in scored if sc.score is not None]
-    pairs = ray.get(s.buffer.pairs.remote())
-    out = dict(summary)
     for st in gen_stats:  # skip / truncation counters, summed over generators
         for k, v in st.items():
             if k.startswith(("gen/skipped_", "gen/truncated_")):
                 out[k] = out.get(k, 0.0) + v
-    out.update({f"refine/{k}": v for k, v in stats.items()})
-    out.update(
-        {
-            "gen/tokens": tokens,
-            "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
-            "score/reward_mean": sum(valid) / len(valid) if valid else float("nan"),
-            "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
-            "pairs/margin_mean": mean(
-                [
-                    p.chosen_score - p.rejected_score
-                    for p in pairs
-                    if p.kind == "direct" and p.chosen_score is not None and p.rejected_score is not None
-                ]
-            ),
-        }
-    )
-    for k in ("improved_frac", "degraded_frac"):
-        out[f"refine/{k}"] = mean([v for key, v in stats.items() if key.endswith(k)])
-    return out
+    return out | {
+        "gen/tokens": tokens,
+        "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
+        "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
+    }
 
 
 def train(s: Session, round_: int) -> dict[str, Any]:
@@ -206,6 +185,17 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
             log.warning("an actor died during evaluation (%s); replacing it and evaluating again", type(e).__name__)
             s.fleet.heal()
     return _evaluate(s, round_) | restarts_since(s, before)  # the last try: a failure now ends the run
+
+
+def evaluate_start(s: Session) -> None:
+    """The starting policy on the held-out prompts, before round 0: report.json's row -1
+    ("start"), so every run shows its gain from where it began."""
+    if s.cfg.data.eval_prompts == 0 or any(r["round"] == START for r in load_rows(s.run)):
+        return
+    t = time.perf_counter()
+    log.info("start: evaluate the starting policy")
+    metrics = evaluate(s, START)
+    append_row(s.run, metrics | {"round": START, "time/evaluate_s": time.perf_counter() - t})
 
 
 def _evaluate(s: Session, round_: int) -> dict[str, Any]:
@@ -250,6 +240,8 @@ def resume_run(run_dir: Path) -> Path:
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
+    if cfg.scoring.kind == "verifier" and not task.verifiable:
+        raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
     connect(cfg, run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
@@ -259,6 +251,8 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
         ("evaluate", evaluate),
     ]
     try:
+        if s.state.get("last") is None:
+            evaluate_start(s)
         for r in range(cfg.run.rounds):
             t_round = time.perf_counter()
             for name, fn in steps:

@@ -63,8 +63,13 @@ def read_parquet_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+# The evaluation of the starting policy, before round 0: report.json's row with round -1.
+START = -1
+
+
 def round_dir(run: Path, round_: int) -> Path:
-    return run / "rounds" / f"r{round_:03d}"
+    """RUN/rounds/rNNN, or RUN/rounds/start for the starting policy's evaluation (round -1)."""
+    return run / "rounds" / ("start" if round_ == START else f"r{round_:03d}")
 
 
 def checkpoint_dir(run: Path, round_: int) -> Path:

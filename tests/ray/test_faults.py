@@ -49,7 +49,7 @@ def _check_round(run: Path) -> dict:
     assert cands["prompt_id"].nunique() == PROMPTS
     pairs = pd.read_parquet(run / "rounds" / "r000" / "pairs.parquet")
     assert pairs["id"].is_unique
-    (row,) = load_rows(run)
+    (_, row) = load_rows(run)  # the start row, then round 0
     return row
 
 
@@ -135,7 +135,7 @@ def test_generator_killed_after_its_share_is_done(ray_cluster, tiny_models, tmp_
     ray.kill(ray.get_actor("generator-1"))  # the trainer's first step is seconds away
     t.join(timeout=600)
     assert box, "the run did not finish"
-    (row,) = load_rows(run)
+    (_, row) = load_rows(run)  # the start row, then round 0
     assert row["sync/generators_lost"] == 1  # the push met the dead generator
     assert row["fault/generator_restarts"] == 1 and row["fault/scorer_restarts"] == 0
     assert row["policy/version"] == 1

@@ -35,6 +35,14 @@ ROUND_KEYS = [
     "time/round_s",
     "time/collect_s",
     "time/train_s",
+    # the reviewers' measurements: length per turn, cost, reward model vs the exact verifier
+    "gen/turn_0_mean_tokens",
+    "gen/tokens",
+    "eval/turn_0_mean_tokens",
+    "eval/tokens",
+    "refine/turn_0_accuracy",
+    "score/rm_verifier_agreement",
+    "pairs/chosen_wrong_frac",
 ]
 
 
@@ -74,13 +82,40 @@ def test_run_directory_has_every_documented_file(finished_run: Path) -> None:
 
 
 def test_report_rows_have_documented_finite_keys(finished_run: Path) -> None:
-    rows = load_rows(finished_run)
-    assert [r["round"] for r in rows] == [0, 1]
+    start, *rows = load_rows(finished_run)
+    assert start["round"] == -1 and [r["round"] for r in rows] == [0, 1]
     for row in rows:
         missing = [k for k in ROUND_KEYS if k not in row]
         assert not missing, missing
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
     assert rows[1]["policy/version"] == 2.0
+
+
+def test_start_row_evaluates_the_starting_policy(finished_run: Path) -> None:
+    """Before round 0 the starting policy is evaluated on the same held-out prompts (row -1)."""
+    start = load_rows(finished_run)[0]
+    assert start["round"] == -1 and start["eval/prompts"] == 4.0
+    assert 0.0 <= start["eval/turn_0_accuracy"] <= 1.0 and start["eval/tokens"] > 0
+    evals = pd.read_parquet(finished_run / "rounds" / "start" / "eval.parquet")
+    assert set(evals["policy_version"]) == {0} and len(evals) == 4 * 3  # 4 prompts x (direct + 2 turns)
+    later = pd.read_parquet(finished_run / "rounds" / "r000" / "eval.parquet")
+    assert set(evals["question"]) == set(later["question"])
+
+
+def test_reviewer_measurements_match_the_candidates(finished_run: Path) -> None:
+    """rm/verifier agreement, chosen-wrong share and length per turn, recomputed from the files."""
+    from evolve_ray.tasks.arith import ArithTask
+
+    row = load_rows(finished_run)[2]  # round 1
+    cands = pd.read_parquet(finished_run / "rounds" / "r001" / "candidates.parquet")
+    task = ArithTask()
+    prompts = {p.id: p for p in task.prompts("round", 8)}  # rounds 0 and 1: 4 fresh prompts each
+    correct = pd.Series([task.verify(prompts[p], t) for p, t in zip(cands["prompt_id"], cands["text"], strict=True)])
+    assert row["gen/turn_0_mean_tokens"] == pytest.approx(cands[cands["turn"] == 0]["num_tokens"].mean())
+    assert row["gen/tokens"] == pytest.approx(cands["num_tokens"].sum())
+    assert row["score/rm_verifier_agreement"] == pytest.approx(((cands["score"] > 0) == correct).mean())
+    chosen = correct[cands["selection"] == "chosen"]
+    assert len(chosen) > 0 and row["pairs/chosen_wrong_frac"] == pytest.approx(1.0 - chosen.mean())
 
 
 def test_candidates_carry_lineage_scores_and_decisions(finished_run: Path) -> None:
@@ -140,7 +175,7 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(ray_cluster, tiny_mo
     monkeypatch.setattr(loop, "train", real_train)
     loop.resume_run(tmp_path / "run")
     rows = load_rows(tmp_path / "run")
-    assert [r["round"] for r in rows] == [0, 1]
+    assert [r["round"] for r in rows] == [-1, 0, 1]
     for r in ("r000", "r001"):
         cands = pd.read_parquet(tmp_path / "run" / "rounds" / r / "candidates.parquet")
         assert cands["id"].is_unique and cands["prompt_id"].nunique() == 4 and len(cands) == 12
