@@ -37,8 +37,10 @@ DEMO_REFINE_TEMPLATE = "Improve the example response.\nQUESTION: {question}\nEXA
 
 
 # What `evolve-ray demo` and `evolve-ray reproduce` add to the defaults: settings that assume the
-# built-in reward model (trained so that logit > 0 means "correct"). jobs/configs/demo.yaml mirrors it.
-DEMO_SETS = ("selection.min_chosen_score=0",)
+# built-in verifiable task. Pairs are chosen by the task's exact checker (the learned reward model
+# picks a wrong answer as the best of a chain about half the time: docs/method.md). jobs/configs/demo.yaml
+# mirrors it.
+DEMO_SETS = ("scoring.kind=verifier",)
 
 
 class ConfigError(UserError):
@@ -72,7 +74,7 @@ class DataConfig:
     format: Literal["auto", "chat", "alpaca", "gsm8k", "columns"] = _f("auto", "Row format of `path`.")
     prompt_column: str = _f("prompt", "Prompt column when format=columns.")
     answer_column: str = _f("", "Reference-answer column when format=columns (empty: none).")
-    prompts_per_round: int = _f(128, "Prompts drawn for each round's data collection.", min=1)
+    prompts_per_round: int = _f(512, "Prompts drawn for each round's data collection.", min=1)
     eval_prompts: int = _f(500, "Held-out prompts evaluated after every round (500: +-2 points of accuracy).", min=0)
     fresh_per_round: bool = _f(True, "Draw new prompts each round (False: reuse the same set).")
     seed: int = _f(0, "Seed for the task generator and prompt sampling.")
@@ -130,7 +132,7 @@ class SelectionConfig:
         "reward model with a known scale; the demo sets 0 (its reward model's sign is the verifier's verdict).",
     )
     tie_tolerance: float = _f(1e-6, "Scores closer than this count as equal (ties are dropped).", min=0)
-    keep_pairs: bool = _f(False, "Also emit keep pairs (t(x, y_w); y_w; y_l).")
+    keep_pairs: bool = _f(True, "Also emit keep pairs (t(x, y_w); y_w; y_l): shown a good answer, keep it.")
     consistency_turns: int = _f(2, "consistency rule: how many final turns must agree.", min=2)
 
 
@@ -140,7 +142,7 @@ class TrainingConfig:
     direct_loss: Literal["dpo", "ipo"] = _f("dpo", "evolve: form of the direct term.")
     beta: float = _f(0.5, "KL strength of DPO/IPO/EVOLVE (the paper: 0.1; the demo's tiny model needs 0.5).", gt=0)
     alpha: float = _f(1.0, "evolve: weight of the refinement term.", min=0)
-    gamma: float = _f(0.0, "evolve: weight of the keep term (needs selection.keep_pairs).", min=0)
+    gamma: float = _f(1.0, "evolve: weight of the keep term (needs selection.keep_pairs).", min=0)
     label_smoothing: float = _f(0.0, "DPO label smoothing (conservative DPO).", min=0)
     eta: float = _f(0.005, "INPO eta (paper value).", gt=0)
     tau_ratio: float = _f(1 / 3, "INPO tau = tau_ratio * eta (paper: 1/3).", min=0)
@@ -148,7 +150,7 @@ class TrainingConfig:
     sft_refine_weight: float = _f(1.0, "sft: weight of -logp(y_w | t(x, y_l)).", min=0)
     logprob: Literal["sum", "mean"] = _f("sum", "Sequence log-prob: summed or mean per token.")
     reference: Literal["refresh", "fixed"] = _f("refresh", "Reference policy: previous round's, or the start.")
-    lr: float = _f(2e-4, "Peak learning rate (AdamW); the demo's tiny model.", gt=0)
+    lr: float = _f(5e-5, "Peak learning rate (AdamW); the demo's tiny model (2e-4 made rounds oscillate).", gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = _f("constant", "Schedule within a round.")
     warmup_steps: int = _f(0, "Linear warm-up steps.", min=0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0)
@@ -327,6 +329,16 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"refinement.template: must contain {slot}")
     if cfg.training.gamma > 0 and not cfg.selection.keep_pairs:
         raise ConfigError("training.gamma > 0 needs selection.keep_pairs=true (no keep pairs otherwise)")
+    if cfg.selection.rule == "verifier" and cfg.scoring.kind != "verifier":
+        raise ConfigError(
+            "selection.rule=verifier needs scoring.kind=verifier (it reads the verifier's 1/0 scores); "
+            "with a reward model use selection.rule=reward"
+        )
+    if cfg.training.loss == "inpo" and cfg.training.reference != "fixed":
+        raise ConfigError(
+            "training.loss=inpo needs training.reference=fixed: INPO's pi_ref is the starting policy, and with "
+            "refresh it equals the previous round's policy and INPO turns into IPO with a 1/(2 eta) margin"
+        )
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.task=file")
     if cfg.sync.transport == "nccl" and not cfg.training.use_gpu:

@@ -46,6 +46,7 @@ def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, *
     cfg = dataclasses.replace(
         TrainingConfig(),
         loss="evolve",
+        gamma=0.0,  # the case's pairs are direct + refine
         reference=reference,
         strategy="fsdp",
         activation_checkpointing=True,

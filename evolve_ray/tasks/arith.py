@@ -7,6 +7,7 @@ the three splits are disjoint by construction (each (a, b) is hashed into one sp
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import zlib
@@ -30,25 +31,35 @@ class ArithTask:
     name: str = "arith"
     verifiable: bool = True
 
+    def size(self, split: str) -> int:
+        """How many distinct problems the split holds (2 digits: 4880 train, 1610 round, 1610 eval)."""
+        lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
+        return sum(split_of(a, b) == split for a in range(lo, hi + 1) for b in range(lo, hi + 1))
+
     def _pairs(self, split: str):
+        """Every problem of the split once, in a seeded random order."""
         rng = random.Random(f"{self.seed}/{split}")
         lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
         seen: set[tuple[int, int]] = set()
-        while True:
+        total = self.size(split)
+        while len(seen) < total:
             a, b = rng.randint(lo, hi), rng.randint(lo, hi)
             if (a, b) not in seen and split_of(a, b) == split:
                 seen.add((a, b))
                 yield a, b
 
     def prompts(self, split: str, n: int, *, offset: int = 0) -> list[Prompt]:
+        """Prompts offset .. offset+n-1 of the split's order; past its end the order starts again
+        (ids keep counting, so a reused problem is a new prompt)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        problems = list(itertools.islice(self._pairs(split), offset + n))
+        if not problems:
+            raise ValueError(f"split {split!r} holds no problems")
         out: list[Prompt] = []
-        for i, (a, b) in enumerate(self._pairs(split)):
-            if i >= offset + n:
-                break
-            if i >= offset:
-                out.append(Prompt(id=f"{split}-{i:06d}", question=f"{a}+{b}=", answer=str(a + b)))
+        for i in range(offset, offset + n):
+            a, b = problems[i % len(problems)]
+            out.append(Prompt(id=f"{split}-{i:06d}", question=f"{a}+{b}=", answer=str(a + b)))
         return out
 
     def extract_answer(self, text: str) -> str | None:

@@ -250,9 +250,7 @@ def round_frozen_logps(
     assert ref_model is not None, "reference=fixed needs the reference model"
     ref = sum_over_ranks(frozen_logps(ref_model, examples, chunks, terms, cfg, pad_id=pad_id, device=device))
     prev = None
-    if cfg.loss == "inpo" and cfg.reference == "refresh":
-        prev = ref  # the reference already is the round-start policy
-    elif cfg.loss == "inpo":
+    if cfg.loss == "inpo":  # config validation makes INPO's reference fixed, so pi_t is a second pass
         prev = sum_over_ranks(frozen_logps(unwrap(policy), examples, chunks, terms, cfg, pad_id=pad_id, device=device))
     return FrozenLogps(ref=ref, prev=prev)
 

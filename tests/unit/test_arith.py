@@ -43,3 +43,13 @@ def test_verifier_accepts_every_reference_and_rejects_corruptions() -> None:
     assert not task.verify(Prompt(id="x", question="1+1=", answer=None), "2")
     with pytest.raises(ValueError, match="split must be one of"):
         task.prompts("test", 1)
+
+
+def test_a_split_past_its_end_starts_again() -> None:
+    """The round split holds 1610 problems; prompts past them reuse the order with new ids."""
+    task = ArithTask(seed=0)
+    assert task.size("round") == 1610
+    tail = task.prompts("round", 20, offset=1600)
+    head = task.prompts("round", 10)
+    assert [p.question for p in tail[10:]] == [p.question for p in head]
+    assert len({p.id for p in tail}) == 20 and tail[10].id == "round-001610"

@@ -50,7 +50,7 @@ def test_loss_terms() -> None:
     assert loss_terms(_cfg(loss="dpo")) == ("direct",)
     assert loss_terms(_cfg(loss="inpo")) == ("direct",)
     assert loss_terms(_cfg(loss="sft")) == ("direct", "refine")
-    assert loss_terms(_cfg(loss="evolve")) == ("direct", "refine")
+    assert loss_terms(_cfg(loss="evolve", gamma=0.0)) == ("direct", "refine")
     assert loss_terms(_cfg(loss="evolve", gamma=0.5)) == ("direct", "refine", "keep")
 
 
