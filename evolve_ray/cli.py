@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from evolve_ray.comparison import LR_GRID
 from evolve_ray.errors import UserError
 
 log = logging.getLogger("evolve_ray")
@@ -85,6 +86,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.smoke:  # one seed, one round
         seeds, args.rounds = seeds[:1], 1
+    try:
+        lrs = tuple(float(x) for x in args.lrs.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--lrs {args.lrs!r}: expected comma-separated numbers, e.g. 1e-5,5e-5") from None
     reproduce(
         Path(args.out),
         seeds=seeds,
@@ -93,6 +98,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         config=args.config,
         sets=tuple(args.sets),
         command="evolve-ray " + " ".join(sys.argv[1:]),
+        only=tuple(x.strip() for x in args.arms.split(",") if x.strip()),
+        lrs=lrs,
     )
     print((Path(args.out) / "reproduce.md").read_text(encoding="utf-8"))
     return 0
@@ -225,12 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("reproduce", help="the paper's comparison on the built-in task: 5 arms x N seeds, a table")
+    p = sub.add_parser("reproduce", help="the paper's comparison on the built-in task: 8 arms x N seeds, tables")
     _config_args(p)
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the round-based arms")
     p.add_argument("--smoke", action="store_true", help="1 seed, 1 round, smallest sizes (a quick check)")
+    p.add_argument("--arms", default="", help="comma-separated arms to run (default: all)")
+    p.add_argument(
+        "--lrs", default=",".join(f"{x:g}" for x in LR_GRID), help="learning-rate grid each arm chooses from"
+    )
     p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")

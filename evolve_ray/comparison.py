@@ -1,12 +1,19 @@
-"""The paper's comparison at demo scale: the arms, their config overrides, and the table.
+"""The paper's comparison at demo scale: the arms, their config overrides, and the tables.
 
-Arms (METHOD.md; every arm is evaluated with the same greedy chain, 3 refinement turns):
-    direct_sft     the Stage-1 recipe without its refinement term (only direct answers), asked to refine
-    sr_sft         self-refinement-aware SFT: the warm start itself
-    iterative_dpo  DPO rounds on direct samples (parallel, N=4, best vs worst by the reward model)
-    evolve         EVOLVE rounds: chain of self-refinement, direct + refinement terms
-    inpo           INPO rounds on the same direct samples as iterative_dpo
-The three round-based arms start from the sr_sft warm start. Pure: no ray (matplotlib for the plot).
+Arms (docs/method.md; every arm is evaluated with the same greedy chain, 3 refinement turns, on the
+same held-out prompts):
+    direct_sft        the Stage-1 recipe without its refinement term (only direct answers), asked to refine
+    sr_sft            self-refinement-aware SFT: the warm start itself (every round-based arm starts here)
+    iterative_dpo     DPO rounds on direct samples (parallel, N=4, best vs worst)
+    inpo              INPO rounds on the same direct samples (fixed reference, as in its paper)
+    evolve            EVOLVE rounds: chain of self-refinement, direct + refinement + keep terms
+    evolve_no_refine  EVOLVE without the refinement term (alpha 0), same chain data
+    evolve_no_keep    EVOLVE without keep pairs (gamma 0)
+    evolve_rm         EVOLVE with pairs chosen by the learned reward model instead of the verifier
+Every round-based arm uses the demo's settings (config.DEMO_SETS: pairs by the verifier) unless it
+says otherwise. The first four round-based arms choose their own learning rate from a small grid
+on the round prompts (see reproduce.py); the ablations use EVOLVE's. Pure: no ray (matplotlib for
+the plot).
 """
 
 from __future__ import annotations
@@ -17,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ARMS = ("direct_sft", "sr_sft", "iterative_dpo", "evolve", "inpo")
 TURNS = 3
+# The learning rates each arm with its own choice tries on seed `seeds[0]`.
+LR_GRID = (1e-5, 5e-5)
 
-_DIRECT_SAMPLES = ["generation.strategy=parallel", "generation.num_samples=4", "selection.rule=reward"]
+_DIRECT_SAMPLES = (
+    "generation.strategy=parallel",
+    "generation.num_samples=4",
+    "selection.keep_pairs=false",
+    "training.gamma=0",
+)
 
 
 @dataclass(frozen=True)
@@ -30,27 +43,62 @@ class Arm:
     start: str  # which warm-start part the arm starts from
     sets: tuple[str, ...]  # config overrides; empty for the evaluation-only arms
     trains: bool
+    lr_from: str = ""  # "": the arm chooses its own learning rate; else the arm whose choice it takes
 
 
 def arms() -> dict[str, Arm]:
-    return {
-        "direct_sft": Arm("direct_sft", "SFT on direct answers only", "policy_direct_only", (), False),
-        "sr_sft": Arm("sr_sft", "SR-aware SFT (warm start)", "policy", (), False),
-        "iterative_dpo": Arm("iterative_dpo", "Iterative DPO", "policy", ("training.loss=dpo", *_DIRECT_SAMPLES), True),
-        "evolve": Arm(
-            "evolve",
-            "EVOLVE",
+    listed = [
+        Arm("direct_sft", "SFT on direct answers only", "policy_direct_only", (), False),
+        Arm("sr_sft", "SR-aware SFT (warm start)", "policy", (), False),
+        Arm("iterative_dpo", "Iterative DPO", "policy", ("training.loss=dpo", *_DIRECT_SAMPLES), True),
+        # eta 0.5: INPO's target margin 1/(2 eta) is 1 nat, as IPO's 1/(2 beta) at the demo's beta; the
+        # paper's 0.005 asks for 100 nats on 3-token answers.
+        Arm(
+            "inpo",
+            "INPO",
             "policy",
-            ("training.loss=evolve", "generation.strategy=chain", "generation.num_samples=1"),
+            ("training.loss=inpo", "training.reference=fixed", "training.eta=0.5", *_DIRECT_SAMPLES),
             True,
         ),
-        "inpo": Arm("inpo", "INPO", "policy", ("training.loss=inpo", *_DIRECT_SAMPLES), True),
-    }
+        Arm("evolve", "EVOLVE", "policy", ("training.loss=evolve",), True),
+        Arm(
+            "evolve_no_refine", "EVOLVE, alpha 0 (no refinement term)", "policy", ("training.alpha=0",), True, "evolve"
+        ),
+        Arm(
+            "evolve_no_keep",
+            "EVOLVE, no keep pairs",
+            "policy",
+            ("selection.keep_pairs=false", "training.gamma=0"),
+            True,
+            "evolve",
+        ),
+        Arm(
+            "evolve_rm",
+            "EVOLVE, learned RM picks pairs",
+            "policy",
+            ("scoring.kind=reward_model", "selection.rule=reward", "selection.min_chosen_score=0"),
+            True,
+            "evolve",
+        ),
+    ]
+    return {a.name: a for a in listed}
+
+
+ARMS = tuple(arms())
 
 
 def seed_sets(seed: int) -> list[str]:
     """One seed drives the prompts drawn, the sampling and the training order."""
     return [f"data.seed={seed}", f"generation.seed={seed}", f"training.seed={seed}"]
+
+
+def lr_criterion(rows: list[dict[str, Any]]) -> float:
+    """What a learning rate is chosen by: the last round's collect-stage accuracy at its last turn,
+    on that round's fresh round-split prompts (sampled chains of the policy trained so far; never
+    the held-out evaluation prompts). NaN when the run has no such key."""
+    last = [r for r in rows if r["round"] >= 0][-1]
+    turns = sorted(int(k.split("_")[1]) for k in last if k.startswith("refine/turn_") and k.endswith("_accuracy"))
+    return last[f"refine/turn_{turns[-1]}_accuracy"] if turns else math.nan
 
 
 SMOKE_SETS = (
@@ -62,21 +110,27 @@ SMOKE_SETS = (
 )
 
 
-def columns(turns: int = TURNS) -> list[str]:
-    cols = ["direct_acc"] + [f"turn_{k}_acc" for k in range(1, turns + 1)]
-    for k in range(1, turns + 1):
-        cols += [f"turn_{k}_improved", f"turn_{k}_degraded"]
-    return cols + ["pairs_per_round", "wall_s"]
+ACC_COLUMNS = ["direct_acc"] + [f"turn_{k}_acc" for k in range(1, TURNS + 1)]
+SHARE_COLUMNS = [f"turn_{k}_{x}" for k in range(1, TURNS + 1) for x in ("improved", "degraded")]
 
 
-def row_from_metrics(eval_metrics: dict[str, Any], *, pairs_per_round: float, wall_s: float) -> dict[str, float]:
-    """One arm-seed row from the evaluate stage's keys (eval/turn_k_accuracy, eval/acc_turn_k_*)."""
+def columns() -> list[str]:
+    """Every numeric column of an arm-seed row."""
+    return [*ACC_COLUMNS, *SHARE_COLUMNS, "examples_per_round", "wall_s"]
+
+
+def row_from_metrics(eval_metrics: dict[str, Any], *, examples_per_round: float, wall_s: float) -> dict[str, float]:
+    """One arm-seed row from the evaluate stage's keys (eval/turn_k_accuracy, eval/acc_turn_k_*).
+
+    examples_per_round: what the arm trained on per round (train/examples: prompts with every pair
+    kind its loss needs; one example is 1 pair for DPO/INPO and 2-3 for EVOLVE).
+    """
     row = {"direct_acc": eval_metrics.get("eval/turn_0_accuracy", math.nan)}
     for k in range(1, TURNS + 1):
         row[f"turn_{k}_acc"] = eval_metrics.get(f"eval/turn_{k}_accuracy", math.nan)
         row[f"turn_{k}_improved"] = eval_metrics.get(f"eval/acc_turn_{k}_improved_frac", math.nan)
         row[f"turn_{k}_degraded"] = eval_metrics.get(f"eval/acc_turn_{k}_degraded_frac", math.nan)
-    return row | {"pairs_per_round": pairs_per_round, "wall_s": wall_s}
+    return row | {"examples_per_round": examples_per_round, "wall_s": wall_s}
 
 
 def aggregate(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -94,28 +148,48 @@ def _cell(mean: float, std: float, col: str) -> str:
         return "-"
     if col == "wall_s":
         return f"{mean:.0f} ± {std:.0f}"
-    if col == "pairs_per_round":
-        return f"{mean:.1f} ± {std:.1f}"
+    if col == "examples_per_round":
+        return f"{mean:.0f} ± {std:.0f}"
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """reproduce.md: one row per arm, mean ± std over seeds."""
-    cols = columns()
+def _table(result: dict[str, Any], cols: list[str], *, with_lr: bool) -> list[str]:
     names = {a.name: a.label for a in arms().values()}
+    head = ["arm", *(["lr"] if with_lr else []), *cols]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for arm, agg in result["arms"].items():
+        lr = [f"{agg['lr']:g}" if agg.get("lr") else "-"] if with_lr else []
+        cells = [_cell(agg["mean"][c], agg["std"][c], c) for c in cols]
+        lines.append(f"| {names.get(arm, arm)} | " + " | ".join(lr + cells) + " |")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """reproduce.md: accuracy per turn, then fixed / broken shares, then the learning-rate choice."""
     lines = [
         "# Reproduction at demo scale: built-in addition task\n",
         f"Seeds {result['seeds']}, {result['rounds']} round(s) for the round-based arms; greedy chain "
         f"evaluation on {result['eval_prompts']} held-out prompts, {TURNS} refinement turns. "
-        "Cells: mean ± std over seeds. acc = verifier accuracy; improved / degraded = share of prompts "
-        "whose correctness went up / down at that turn. wall_s: evaluation only for the SFT arms.\n",
+        "Cells: mean ± std over seeds. acc = verifier accuracy. lr: the learning rate the arm used.\n",
         f"Command: `{result['command']}`\n",
-        "| arm | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "## Accuracy per turn\n",
+        *_table(result, [*ACC_COLUMNS, "examples_per_round"], with_lr=True),
+        "\n## Fixed (improved) and broken (degraded) shares of prompts at each turn\n",
+        *_table(result, [*SHARE_COLUMNS, "wall_s"], with_lr=False),
+        "\nexamples_per_round: prompts trained on per round (1 pair each for DPO/INPO, 2-3 for EVOLVE). "
+        "wall_s: per run; evaluation only for the SFT arms.\n",
     ]
-    for arm, agg in result["arms"].items():
-        cells = [_cell(agg["mean"][c], agg["std"][c], c) for c in cols]
-        lines.append(f"| {names.get(arm, arm)} | " + " | ".join(cells) + " |")
+    sweeps = {arm: agg["lr_sweep"] for arm, agg in result["arms"].items() if agg.get("lr_sweep")}
+    if sweeps:
+        lines += [
+            f"\n## Learning-rate choice (seed {result['seeds'][0]}, round prompts only)\n",
+            "Each value's criterion: the last round's collect-stage accuracy at its last turn, on that round's "
+            "fresh round-split prompts (never the held-out evaluation prompts). The highest wins.\n",
+            "| arm | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID) + " |",
+            "|---" * (len(LR_GRID) + 1) + "|",
+        ]
+        for arm, sweep in sweeps.items():
+            lines.append(f"| {arm} | " + " | ".join(f"{sweep.get(f'{lr:g}', math.nan):.3f}" for lr in LR_GRID) + " |")
     return "\n".join(lines) + "\n\n![accuracy per turn](reproduce.png)\n"
 
 
@@ -127,7 +201,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = {a.name: a.label for a in arms().values()}
-    keys = ["direct_acc"] + [f"turn_{k}_acc" for k in range(1, TURNS + 1)]
+    keys = ACC_COLUMNS
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for arm, agg in result["arms"].items():
         ax.errorbar(

@@ -1,8 +1,11 @@
 """`evolve-ray reproduce`: the paper's comparison at demo scale, N seeds, through the product path.
 
 Round-based arms run `loop.run` with their config overrides; the SFT arms are evaluated with
-`loop.eval_model`. Every arm-seed result is written to ARM/seedN/row.json as soon as it exists,
-so rerunning with the same --out skips what is done. The table logic is in evolve_ray.comparison.
+`loop.eval_model`. An arm that chooses its own learning rate first runs seed `seeds[0]` at each
+value of the grid and keeps the one with the best `comparison.lr_criterion` (round prompts only);
+that run is its seed-`seeds[0]` result, and the other seeds run at the chosen value. Every
+arm-seed result is written to ARM[/lrX]/seedN/row.json as soon as it exists, so rerunning with the
+same --out skips what is done. The table logic is in evolve_ray.comparison.
 """
 
 from __future__ import annotations
@@ -16,8 +19,21 @@ from typing import Any
 import ray
 
 from evolve_ray import loop
-from evolve_ray.comparison import SMOKE_SETS, TURNS, Arm, aggregate, arms, markdown, plot, row_from_metrics, seed_sets
+from evolve_ray.comparison import (
+    LR_GRID,
+    SMOKE_SETS,
+    TURNS,
+    Arm,
+    aggregate,
+    arms,
+    lr_criterion,
+    markdown,
+    plot,
+    row_from_metrics,
+    seed_sets,
+)
 from evolve_ray.config import DEMO_SETS, load_config
+from evolve_ray.errors import UserError
 from evolve_ray.report import load_rows
 from evolve_ray.rundir import read_json, write_json
 from evolve_ray.warmstart import warm_start_dir
@@ -34,18 +50,27 @@ def run_arm(
         return read_json(done)
     eval_sets = ["run.eval_strategy=chain", f"run.eval_turns={TURNS}"]
     t0 = time.perf_counter()
+    extra: dict[str, float] = {}
     if arm.trains:
         cfg = load_config(config, [*sets, *arm.sets, *eval_sets, f"run.rounds={rounds}", f"run.out={run_dir / 'run'}"])
         loop.run(cfg)
-        rows = load_rows(run_dir / "run")
-        metrics, pairs = rows[-1], sum(r.get("pairs/count", 0.0) for r in rows) / len(rows)
+        rows = [r for r in load_rows(run_dir / "run") if r["round"] >= 0]
+        metrics = rows[-1]
+        examples = sum(r.get("train/examples", 0.0) for r in rows) / len(rows)
+        extra = {"lr": cfg.training.lr, "lr_criterion": lr_criterion(rows)}
     else:
         cfg = load_config(config, [*sets, *eval_sets])
         metrics = loop.eval_model(cfg, str(warm / arm.start), run_dir / "eval", strategy="chain", turns=TURNS)
-        pairs = math.nan
-    row = row_from_metrics(metrics, pairs_per_round=pairs, wall_s=time.perf_counter() - t0) | {"seed": seed}
+        examples = math.nan
+    row = row_from_metrics(metrics, examples_per_round=examples, wall_s=time.perf_counter() - t0) | extra
+    row["seed"] = seed
     write_json(done, {k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)})
     return row
+
+
+def _best_lr(sweep: dict[str, float], lrs: tuple[float, ...]) -> float:
+    """The grid value with the highest criterion (NaN counts as worst; ties go to the smaller lr)."""
+    return max(lrs, key=lambda lr: (v if math.isfinite(v := sweep.get(f"{lr:g}", math.nan)) else -math.inf, -lr))
 
 
 def reproduce(
@@ -57,8 +82,21 @@ def reproduce(
     config: str | None = None,
     sets: tuple[str, ...] = (),
     command: str = "",
+    only: tuple[str, ...] = (),
+    lrs: tuple[float, ...] = LR_GRID,
 ) -> dict[str, Any]:
-    """Run every arm for every seed; write reproduce.json, reproduce.md and reproduce.png in `out`."""
+    """Run every arm (or those in `only`) for every seed; write reproduce.json, .md and .png in `out`."""
+    chosen = arms()
+    unknown = sorted(set(only) - set(chosen))
+    if unknown:
+        raise UserError(f"reproduce --arms: unknown arm {unknown[0]!r}; valid: {', '.join(chosen)}")
+    if only:
+        chosen = {name: arm for name, arm in chosen.items() if name in only}
+    missing = sorted({a.lr_from for a in chosen.values() if a.lr_from} - set(chosen))
+    if missing:
+        raise UserError(f"reproduce --arms: {missing[0]} is needed too (other arms take its learning rate)")
+    if smoke:  # a quick check of every arm: one learning rate, no choice
+        lrs = lrs[-1:]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = [*DEMO_SETS, *sets, *(SMOKE_SETS if smoke else ())]
@@ -69,20 +107,17 @@ def reproduce(
         "command": command,
         "seeds": seeds,
         "rounds": rounds,
+        "lr_grid": list(lrs),
         "eval_prompts": cfg.data.eval_prompts,
         "warm_start": str(warm),
         "warm_start_measured": read_json(warm / "manifest.json")["measured"],
         "arms": {},
     }
     try:
-        for arm in arms().values():
-            runs = [
-                run_arm(
-                    arm, s, out / arm.name / f"seed{s}", [*base, *seed_sets(s)], rounds=rounds, warm=warm, config=config
-                )
-                for s in seeds
-            ]
-            result["arms"][arm.name] = {"runs": runs} | aggregate(runs)
+        for arm in chosen.values():
+            result["arms"][arm.name] = _run_arm_seeds(
+                arm, seeds, out, base, result, rounds=rounds, warm=warm, config=config, lrs=lrs
+            )
             log.info("%s: %s", arm.name, {k: round(v, 3) for k, v in result["arms"][arm.name]["mean"].items()})
     finally:
         if started and ray.is_initialized():
@@ -91,6 +126,38 @@ def reproduce(
     (out / "reproduce.md").write_text(markdown(result), encoding="utf-8")
     plot(result, out / "reproduce.png")
     return result
+
+
+def _run_arm_seeds(
+    arm: Arm,
+    seeds: list[int],
+    out: Path,
+    base: list[str],
+    result: dict[str, Any],
+    *,
+    rounds: int,
+    warm: Path,
+    config: str | None,
+    lrs: tuple[float, ...],
+) -> dict[str, Any]:
+    """An arm's runs over seeds (after its learning-rate choice), with mean and std."""
+
+    def one(seed: int, lr: float | None) -> dict[str, float]:
+        where = out / arm.name / (f"lr{lr:g}" if lr is not None else "") / f"seed{seed}"
+        lr_set = [f"training.lr={lr}"] if lr is not None else []
+        return run_arm(arm, seed, where, [*base, *seed_sets(seed), *lr_set], rounds=rounds, warm=warm, config=config)
+
+    if not arm.trains:
+        return {"runs": [one(s, None) for s in seeds]} | aggregate([one(s, None) for s in seeds])
+    sweep: dict[str, float] = {}
+    if arm.lr_from:
+        lr = result["arms"][arm.lr_from]["lr"]
+    else:
+        sweep = {f"{x:g}": one(seeds[0], x)["lr_criterion"] for x in lrs}
+        lr = _best_lr(sweep, lrs)
+        log.info("%s: learning rate %g chosen (criterion by lr: %s)", arm.name, lr, sweep)
+    runs = [one(s, lr) for s in seeds]
+    return {"runs": runs, "lr": lr, "lr_sweep": sweep} | aggregate(runs)
 
 
 def _finite(obj: Any) -> Any:

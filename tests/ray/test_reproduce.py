@@ -1,4 +1,4 @@
-"""`evolve-ray reproduce --smoke`: every arm runs through the product path and the table is written."""
+"""`evolve-ray reproduce --smoke`: every arm runs through the product path and the tables are written."""
 
 from __future__ import annotations
 
@@ -6,26 +6,38 @@ import json
 import math
 from pathlib import Path
 
-from evolve_ray.comparison import ARMS, arms, columns
+import pytest
+
+from evolve_ray.comparison import ARMS, LR_GRID, columns
+from evolve_ray.errors import UserError
 from evolve_ray.reproduce import reproduce
 
 
-def test_smoke_reproduce_writes_the_table(ray_cluster, tmp_path: Path) -> None:
+def test_smoke_reproduce_writes_the_tables(ray_cluster, tmp_path: Path) -> None:
     out = tmp_path / "reproduce"
     reproduce(out, seeds=[0], rounds=1, smoke=True, command="evolve-ray reproduce --smoke")
     result = json.loads((out / "reproduce.json").read_text())
     assert list(result["arms"]) == list(ARMS)
-    for name, arm in arms().items():
-        (run,) = result["arms"][name]["runs"]
-        assert set(columns()) - {"pairs_per_round"} <= set(run), name
+    for name, agg in result["arms"].items():
+        (run,) = agg["runs"]
+        assert set(columns()) - {"examples_per_round"} <= set(run), name
         assert all(0.0 <= run[c] <= 1.0 for c in columns() if c.endswith(("_acc", "_improved", "_degraded")))
-        if arm.trains:
-            assert run["pairs_per_round"] > 0, name  # the round trained on something
-            assert (out / name / "seed0" / "run" / "checkpoints" / "r000" / "model.safetensors").is_file()
-        assert result["arms"][name]["std"]["direct_acc"] == 0.0  # one seed
+        if "lr" in agg:  # a round-based arm: trained on something, at the smoke's one learning rate
+            assert run["examples_per_round"] > 0 and run["lr"] == agg["lr"] == LR_GRID[-1], name
+            assert (out / name / f"lr{LR_GRID[-1]:g}" / "seed0" / "run" / "checkpoints" / "r000").is_dir()
+        assert agg["std"]["direct_acc"] == 0.0  # one seed
+    assert {n for n, a in result["arms"].items() if "lr" in a} == set(ARMS) - {"direct_sft", "sr_sft"}
+    assert set(result["arms"]["evolve"]["lr_sweep"]) == {f"{LR_GRID[-1]:g}"}
     table = (out / "reproduce.md").read_text()
-    header = next(line for line in table.splitlines() if line.startswith("| arm |"))
-    assert header == "| arm | " + " | ".join(columns()) + " |"
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(ARMS)
+    widths = {line.count("|") - 1 for line in table.splitlines() if line.startswith("| ")}
+    assert max(widths) <= 8  # narrow tables: at most 8 columns
+    assert sum(line.startswith("| EVOLVE |") for line in table.splitlines()) == 2  # accuracy + shares
     assert (out / "reproduce.png").stat().st_size > 0
     assert math.isfinite(result["arms"]["sr_sft"]["mean"]["direct_acc"])
+
+
+def test_unknown_or_incomplete_arm_lists_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown arm 'ppo'"):
+        reproduce(tmp_path, seeds=[0], rounds=1, smoke=True, only=("ppo",))
+    with pytest.raises(UserError, match="evolve is needed"):
+        reproduce(tmp_path, seeds=[0], rounds=1, smoke=True, only=("evolve_no_keep",))
