@@ -179,6 +179,10 @@ def markdown(result: dict[str, Any]) -> str:
         "\nexamples_per_round: prompts trained on per round (1 pair each for DPO/INPO, 2-3 for EVOLVE). "
         "wall_s: per run; evaluation only for the SFT arms.\n",
     ]
+    checked = goals(result)
+    if checked:
+        lines += ["\n## Goals\n", "| goal | measured (means) | met |", "|---|---|---|"]
+        lines += [f"| {g} | {v} | {'yes' if ok else 'NO'} |" for g, v, ok in checked]
     sweeps = {arm: agg["lr_sweep"] for arm, agg in result["arms"].items() if agg.get("lr_sweep")}
     if sweeps:
         lines += [
@@ -191,6 +195,52 @@ def markdown(result: dict[str, Any]) -> str:
         for arm, sweep in sweeps.items():
             lines.append(f"| {arm} | " + " | ".join(f"{sweep.get(f'{lr:g}', math.nan):.3f}" for lr in LR_GRID) + " |")
     return "\n".join(lines) + "\n\n![accuracy per turn](reproduce.png)\n"
+
+
+def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The issue's goals for the method, checked on the result: (goal, measured, met) each.
+
+    Only goals whose arms are in the result are checked. "start" is the SR-aware SFT arm: the warm
+    start every round-based arm begins from, evaluated the same way.
+    """
+    arms_ = result["arms"]
+    out: list[tuple[str, str, bool]] = []
+    last = f"turn_{TURNS}_acc"
+    if "evolve" in arms_:
+        m = arms_["evolve"]["mean"]
+        gain = m[last] - m["direct_acc"]
+        out.append(("EVOLVE: refined - direct >= 0.05", f"{gain:+.3f}", gain >= 0.05))
+        fixed, broken = m["turn_1_improved"], m["turn_1_degraded"]
+        out.append(("EVOLVE: turn-1 fixed >= 2 x broken", f"{fixed:.3f} / {broken:.3f}", fixed >= 2 * broken))
+        if "sr_sft" in arms_:
+            s0 = arms_["sr_sft"]["mean"]
+            ok = m["direct_acc"] >= s0["direct_acc"] and m[last] >= s0[last]
+            measured = (
+                f"direct {s0['direct_acc']:.3f} -> {m['direct_acc']:.3f}, refined {s0[last]:.3f} -> {m[last]:.3f}"
+            )
+            out.append(("EVOLVE: last round no worse than the start", measured, ok))
+        for other in ("iterative_dpo", "inpo"):
+            if other in arms_:
+                o = arms_[other]
+                pooled = math.sqrt((arms_["evolve"]["std"][last] ** 2 + o["std"][last] ** 2) / 2)
+                diff = m[last] - o["mean"][last]
+                out.append(
+                    (
+                        f"EVOLVE refined > {other} by more than the pooled std",
+                        f"{diff:+.3f} (std {pooled:.3f})",
+                        diff > pooled,
+                    )
+                )
+    if "direct_sft" in arms_:
+        d = arms_["direct_sft"]["mean"]
+        out.append(
+            (
+                "direct-only SFT cannot refine (turn 1 < direct)",
+                f"{d['direct_acc']:.3f} -> {d['turn_1_acc']:.3f}",
+                d["turn_1_acc"] < d["direct_acc"],
+            )
+        )
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from evolve_ray.comparison import ACC_COLUMNS, LR_GRID, SHARE_COLUMNS, aggregate, lr_criterion, markdown
+from evolve_ray.comparison import ACC_COLUMNS, LR_GRID, SHARE_COLUMNS, aggregate, goals, lr_criterion, markdown
 from evolve_ray.reproduce import _best_lr
 
 
@@ -42,3 +42,31 @@ def test_markdown_tables_are_narrow_and_carry_the_chosen_lr() -> None:
     assert max(line.count("|") - 1 for line in rows) <= 8
     assert "| EVOLVE | 5e-05 | 0.500 ± 0.000 |" in md and "| SR-aware SFT (warm start) | - |" in md
     assert "| evolve | 0.800 | 0.900 |" in md and len(LR_GRID) == 2
+
+
+def test_goals_are_checked_against_the_means() -> None:
+    def agg(direct: float, t3: float, fixed: float, broken: float, std: float) -> dict:
+        row = {c: 0.0 for c in [*ACC_COLUMNS, *SHARE_COLUMNS]} | {"direct_acc": direct, "turn_3_acc": t3}
+        row |= {"turn_1_acc": t3, "turn_1_improved": fixed, "turn_1_degraded": broken}
+        return {"mean": row, "std": {c: std for c in row}}
+
+    result = {
+        "arms": {
+            "sr_sft": agg(0.78, 0.76, 0.09, 0.10, 0.0),
+            "evolve": agg(0.82, 0.88, 0.09, 0.04, 0.01),
+            "iterative_dpo": agg(0.80, 0.80, 0.05, 0.05, 0.05),
+            "direct_sft": agg(0.82, 0.0, 0.0, 0.82, 0.0),
+        }
+    }
+    met = {g: ok for g, _, ok in goals(result)}
+    assert met == {
+        "EVOLVE: refined - direct >= 0.05": True,  # 0.88 - 0.82
+        "EVOLVE: turn-1 fixed >= 2 x broken": True,  # 0.09 >= 0.08
+        "EVOLVE: last round no worse than the start": True,
+        "EVOLVE refined > iterative_dpo by more than the pooled std": True,  # 0.08 > sqrt((0.01^2+0.05^2)/2)
+        "direct-only SFT cannot refine (turn 1 < direct)": True,
+    }
+    result["arms"]["evolve"] = agg(0.70, 0.72, 0.05, 0.04, 0.01)
+    met = {g: ok for g, _, ok in goals(result)}
+    assert not met["EVOLVE: refined - direct >= 0.05"] and not met["EVOLVE: last round no worse than the start"]
+    assert not met["EVOLVE: turn-1 fixed >= 2 x broken"]
