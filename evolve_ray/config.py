@@ -12,6 +12,7 @@ Pure module: no ray, no vllm, no torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,9 +46,16 @@ class ConfigError(UserError):
     """A user error in the configuration; its message names the offending key."""
 
 
-def _f(default: Any, help: str, *, min: float | None = None, gt: float | None = None) -> Any:
-    """A dataclass field carrying help text and an optional numeric bound."""
-    meta = {"help": help, "min": min, "gt": gt}
+def _f(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    gt: float | None = None,
+    refused: dict[str, str] | None = None,
+) -> Any:
+    """A dataclass field carrying help text, an optional numeric bound, and values refused with a reason."""
+    meta = {"help": help, "min": min, "gt": gt, "refused": refused or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -86,7 +94,7 @@ class GenerationConfig:
     gpus_per_generator: float = _f(0.0, "GPUs reserved per generator (tensor_parallel_size on GPU nodes).", min=0)
     tensor_parallel_size: int = _f(1, "vLLM tensor parallelism per generator (GPU only).", min=1)
     strategy: Literal["direct", "parallel", "chain", "parallel_chain", "vote"] = _f(
-        "chain", "Inference strategy used for data collection."
+        "chain", "Inference strategy used for data collection (vote is evaluation-only: run.eval_strategies)."
     )
     num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain, vote).", min=1)
     turns: int = _f(3, "K: refinement turns after the first answer (chain strategies).", min=0)
@@ -169,8 +177,14 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    transport: Literal["object_store", "nccl", "disk"] = _f(
-        "object_store", "Weight push: object store bytes (CPU/single node), NCCL (GPU), or checkpoint path."
+    transport: Literal["object_store", "disk"] = _f(
+        "object_store",
+        "Weight push: arrays through the Ray object store (one node), or the checkpoint directory read from "
+        "shared storage (several nodes).",
+        refused={
+            "nccl": "vLLM's NCCL weight transfer is not built here; the transports are object_store and disk "
+            "(a push takes seconds, next to minutes of generation per round)"
+        },
     )
 
 
@@ -213,6 +227,10 @@ class Config:
 # Building a Config from overrides
 
 
+# A decimal number as people type it: 5e-5, 1e-3, .5, -2, 3.0E+2 (not nan, inf or hex).
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against the annotation `tp`, converting only lossless cases (int -> float)."""
     origin = typing.get_origin(tp)
@@ -240,6 +258,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-5 and 1e-3 (no dot) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -274,6 +294,9 @@ def _build(cls: type, overrides: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(tp, value, key + ".")
         else:
+            refused = fields[name].metadata.get("refused", {})
+            if isinstance(value, str) and value in refused:
+                raise ConfigError(f"{key}={value} is not available: {refused[value]}")
             kwargs[name] = _coerce(key, value, tp)
             _check_bounds(key, kwargs[name], fields[name])
     return cls(**kwargs)
@@ -329,8 +352,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("training.gamma > 0 needs selection.keep_pairs=true (no keep pairs otherwise)")
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.task=file")
-    if cfg.sync.transport == "nccl" and not cfg.training.use_gpu:
-        raise ConfigError("sync.transport=nccl needs training.use_gpu=true; use object_store or disk on CPU")
+    if cfg.generation.strategy == "vote":
+        raise ConfigError(
+            "generation.strategy=vote is an evaluation strategy (a majority over final answers picks one answer; "
+            "it makes no pairs): collect with parallel_chain (the same chains) and evaluate vote with "
+            "run.eval_strategies or `evolve-ray eval --strategy vote`"
+        )
     if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
         raise ConfigError("training.strategy=fsdp needs training.use_gpu=true; use ddp on CPU")
     known_trackers = {"wandb", "mlflow", "tensorboard"}
