@@ -23,7 +23,7 @@ import yaml
 
 from evolve_ray.errors import UserError
 
-# METHOD.md's refinement turn, for real models (jobs/configs/llama8b_8gpu.yaml sets it).
+# The paper's refinement turn (docs/method.md), for real models (jobs/configs/llama8b_8gpu.yaml sets it).
 PAPER_REFINE_TEMPLATE = (
     "Improve the example response to the question below. Make it clearer, more accurate and "
     "step by step, with no irrelevant content. If it is essentially right, polish it; if it is "

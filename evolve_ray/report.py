@@ -1,6 +1,6 @@
 """The run's report: report.json (one row per round, stable keys), report.md and PNG plots.
 
-Metric keys are `<stage>/<quantity>` (ARCHITECTURE.md). Pure: json, matplotlib (Agg).
+Metric keys are `<stage>/<quantity>` (docs/architecture.md). Pure: json, matplotlib (Agg).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 
-# head_dim 64 everywhere (vLLM CPU attention: STACK.md). Parameter counts include embeddings.
+# head_dim 64 everywhere (vLLM CPU attention: docs/platform.md). Parameter counts include embeddings.
 GEN_SPEC = TinySpec(hidden=384, layers=6, heads=6, intermediate=1536)  # ~14M: compute, not call overhead, dominates
 ENGINE_SPEC = TinySpec(hidden=512, layers=8, heads=8, intermediate=2048)  # ~34M
 PUSH_SPECS = {

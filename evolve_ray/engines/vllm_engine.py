@@ -28,7 +28,7 @@ class VLLMEngine:
         trust_remote_code: bool,
         runner: str = "generate",
     ) -> None:
-        # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (STACK.md).
+        # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (docs/platform.md).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 

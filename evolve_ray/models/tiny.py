@@ -2,7 +2,7 @@
 causal LM (Llama or Qwen2 family) and a sequence-classification reward model of the same family.
 
 Everything is seeded, so the same call writes the same weights. Head size 32 (hidden 64, 2 heads)
-is one vLLM's CPU attention backend accepts (see STACK.md: head_dim 16 dies on first generate).
+is one vLLM's CPU attention backend accepts (docs/platform.md: head_dim 16 dies on first generate).
 The saved directories load through the same code a real model path or hub id does.
 """
 
