@@ -1,6 +1,6 @@
 """The paper's comparison at demo scale: the arms, their config overrides, and the table.
 
-Arms (METHOD.md; every arm is evaluated with the same greedy chain, 3 refinement turns):
+Arms (docs/method.md; every arm is evaluated with the same greedy chain, 3 refinement turns):
     direct_sft     the Stage-1 recipe without its refinement term (only direct answers), asked to refine
     sr_sft         self-refinement-aware SFT: the warm start itself
     iterative_dpo  DPO rounds on direct samples (parallel, N=4, best vs worst by the reward model)
