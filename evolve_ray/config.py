@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from evolve_ray.core.strategies import STRATEGIES
 from evolve_ray.errors import UserError
 
 # The paper's refinement turn (docs/method.md), for real models (jobs/configs/llama8b_8gpu.yaml sets it).
@@ -204,7 +205,14 @@ class RunConfig:
     out: str = _f("runs/evolve", "Run directory (the only place the project writes).")
     rounds: int = _f(3, "EVOLVE rounds.", min=0)
     eval_strategy: Literal["direct", "chain"] = _f("chain", "Strategy used for per-round evaluation.")
-    eval_turns: int = _f(3, "Refinement turns evaluated.", min=0)
+    eval_turns: int = _f(3, "Refinement turns evaluated (K of the chain strategies).", min=0)
+    eval_strategies: list[str] = _f(
+        [],
+        "Inference strategies compared on the held-out prompts at the end of the run (direct, parallel, chain, "
+        "parallel_chain, vote): accuracy, score and tokens per prompt of each, in report.md.",
+    )
+    eval_num_samples: int = _f(4, "N of the parallel strategies in run.eval_strategies.", min=1)
+    eval_strategies_every_round: bool = _f(False, "Compare run.eval_strategies after every round, not only the last.")
     trackers: list[str] = _f([], "Optional trackers: wandb, mlflow, tensorboard.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Logging level.")
 
@@ -360,6 +368,13 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
         raise ConfigError("training.strategy=fsdp needs training.use_gpu=true; use ddp on CPU")
+    for name in cfg.run.eval_strategies:
+        if name not in STRATEGIES:
+            raise ConfigError(f"run.eval_strategies: unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if len(set(cfg.run.eval_strategies)) != len(cfg.run.eval_strategies):
+        raise ConfigError("run.eval_strategies: a strategy is listed twice")
+    if cfg.run.eval_strategies and cfg.data.eval_prompts == 0:
+        raise ConfigError("run.eval_strategies needs data.eval_prompts > 0 (the strategies run on held-out prompts)")
     known_trackers = {"wandb", "mlflow", "tensorboard"}
     for tr in cfg.run.trackers:
         if tr not in known_trackers:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
+from evolve_ray.evaluation import chain_scores, eval_temperature, evaluate_prompts, evaluate_strategies, mean
 from evolve_ray.fleet import MAX_ATTEMPTS, ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
@@ -210,17 +210,23 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
 
 def _evaluate(s: Session, round_: int) -> dict[str, Any]:
     chain = s.cfg.run.eval_strategy == "chain"
-    return evaluate_prompts(
+    prompts = s.task.prompts("eval", s.cfg.data.eval_prompts)
+    out = evaluate_prompts(
         s.generators,
         s.scorers,
         s.task,
-        s.task.prompts("eval", s.cfg.data.eval_prompts),
+        prompts,
         round_=round_,
         strategy="chain" if chain else "direct",
         turns=s.cfg.run.eval_turns if chain else 0,
         tolerance=s.cfg.selection.tie_tolerance,
         out_file=round_dir(s.run, round_) / "eval.parquet",
     )
+    if s.cfg.run.eval_strategies_every_round or round_ == s.cfg.run.rounds - 1:
+        out |= evaluate_strategies(
+            s.generators, s.scorers, s.task, prompts, s.cfg, round_=round_, out_dir=round_dir(s.run, round_)
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,8 +351,10 @@ def _served_version(s: Session) -> int:
 # Standalone evaluation (`evolve-ray eval`)
 
 
-def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int) -> dict[str, Any]:
-    """Evaluate one checkpoint per turn on the task's eval prompts; writes eval.parquet and eval.json."""
+def eval_model(
+    cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int, num_samples: int = 1
+) -> dict[str, Any]:
+    """Evaluate one checkpoint under `strategy` on the task's eval prompts; writes eval.parquet and eval.json."""
     check_writable(out_dir)
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
@@ -369,11 +377,16 @@ def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, tu
             task.prompts("eval", cfg.data.eval_prompts),
             round_=0,
             strategy=strategy,
+            num_samples=num_samples,
             turns=turns,
+            temperature=eval_temperature(strategy, num_samples, cfg.generation.temperature),
             tolerance=cfg.selection.tie_tolerance,
             out_file=out_dir / "eval.parquet",
         )
     finally:
         fleet.close()
-    write_json(out_dir / "eval.json", finite_row(metrics | {"model": model_path, "strategy": strategy}))
+    write_json(
+        out_dir / "eval.json",
+        finite_row(metrics | {"model": model_path, "strategy": strategy, "num_samples": num_samples}),
+    )
     return metrics

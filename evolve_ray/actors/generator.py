@@ -62,11 +62,14 @@ class GeneratorActor:
         ray.get(refs)  # the buffer has everything before the call returns
         return stats
 
-    def generate_eval(self, prompts: list[Prompt], round_: int, strategy: str, turns: int) -> list[Candidate]:
-        """Greedy candidates for held-out prompts, returned rather than streamed to a buffer."""
+    def generate_eval(
+        self, prompts: list[Prompt], round_: int, strategy: str, num_samples: int, turns: int, temperature: float
+    ) -> list[Candidate]:
+        """A strategy's candidates for held-out prompts, returned rather than streamed to a buffer."""
         self._check_alive()
         out: list[Candidate] = []
-        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=self.runner.spec.max_new_tokens)
+        top_p = self.runner.spec.top_p if temperature > 0 else 1.0
+        spec = SamplingSpec(temperature=temperature, top_p=top_p, max_new_tokens=self.runner.spec.max_new_tokens)
         self.runner.run(
             prompts,
             round_=round_,
@@ -74,6 +77,7 @@ class GeneratorActor:
             existing=[],
             emit=lambda cands, _finished: out.extend(cands),
             strategy=strategy,
+            num_samples=num_samples,
             turns=turns,
             spec=spec,
         )

@@ -76,17 +76,19 @@ class GenerationRunner:
         existing: list[Candidate],
         emit: Emit,
         strategy: str | None = None,
+        num_samples: int | None = None,
         turns: int | None = None,
         spec: SamplingSpec | None = None,
     ) -> dict[str, float]:
-        """Generate every missing candidate of `prompts`; returns counters for the report."""
+        """Generate every missing candidate of `prompts`; returns counters for the report.
+        strategy / num_samples / turns / spec default to the config's data-collection settings."""
         g = self.cfg.generation
         by_prompt: dict[str, list[Candidate]] = {p.id: [] for p in prompts}
         for c in existing:
             by_prompt.setdefault(c.prompt_id, []).append(c)
         st = RunState(
             strategy or g.strategy,
-            g.num_samples,
+            g.num_samples if num_samples is None else num_samples,
             g.turns if turns is None else turns,
             by_prompt,
             {c.id: c.text for cs in by_prompt.values() for c in cs},
