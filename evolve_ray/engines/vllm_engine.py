@@ -73,10 +73,16 @@ class VLLMEngine:
         self._llm.reset_prefix_cache()
 
     def classify(self, prompts: list[list[int]]) -> list[float]:
-        """Pooling runner: one sigmoid(logit) per prompt (vLLM's classify output)."""
+        """Pooling runner: the raw logit of a one-label classifier per prompt (the same quantity as
+        the transformers forward pass). vLLM's default output is sigmoid(logit): turned off here."""
+        from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        outs = self._llm.classify([TokensPrompt(prompt_token_ids=p) for p in prompts], use_tqdm=False)
+        outs = self._llm.classify(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            pooling_params=PoolingParams(use_activation=False),
+            use_tqdm=False,
+        )
         return [float(o.outputs.probs[0]) for o in outs]
 
 
