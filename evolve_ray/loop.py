@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import chain_scores, eval_temperature, evaluate_prompts, evaluate_strategies, mean
-from evolve_ray.fleet import MAX_ATTEMPTS, ROLES, Fleet
+from evolve_ray.fleet import ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
@@ -199,13 +198,7 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
     if s.cfg.data.eval_prompts == 0:
         return {}
     before = dict(s.fleet.restarts)
-    for _ in range(MAX_ATTEMPTS - 1):
-        try:
-            return _evaluate(s, round_) | restarts_since(s, before)
-        except RayActorError as e:
-            log.warning("an actor died during evaluation (%s); replacing it and evaluating again", type(e).__name__)
-            s.fleet.heal()
-    return _evaluate(s, round_) | restarts_since(s, before)  # the last try: a failure now ends the run
+    return s.fleet.retry_dead(lambda: _evaluate(s, round_), f"round {round_} evaluation") | restarts_since(s, before)
 
 
 def _evaluate(s: Session, round_: int) -> dict[str, Any]:
@@ -256,7 +249,7 @@ def resume_run(run_dir: Path) -> Path:
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
-    connect(cfg, run_dir)
+    connect(cfg)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
@@ -285,7 +278,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     return run_dir
 
 
-def connect(cfg: Config, run_dir: Path) -> None:
+def connect(cfg: Config) -> None:
     """Join the configured cluster, or start a local one (dashboard on 127.0.0.1 by default)."""
     if ray.is_initialized():
         return
@@ -314,7 +307,7 @@ def _engine_env(run_dir: Path) -> dict[str, str]:
 
 
 def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict) -> Session:
-    trained = _trained_rounds(run_dir, state)
+    trained = _trained_rounds(state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
     fleet = Fleet(
         cfg,
@@ -334,7 +327,7 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state)
 
 
-def _trained_rounds(run_dir: Path, state: dict) -> int:
+def _trained_rounds(state: dict) -> int:
     """How many rounds' training finished (= the policy version the generators must serve)."""
     last = state.get("last")
     if last is None:
@@ -358,7 +351,7 @@ def eval_model(
     check_writable(out_dir)
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
-    connect(cfg, out_dir)
+    connect(cfg)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
     fleet = Fleet(
         cfg,
