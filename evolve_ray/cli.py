@@ -158,7 +158,7 @@ def job_main(argv: list[str] | None = None) -> int:
         sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
         cfg = None if args.resume else load_config(args.config, sets)  # errors before joining the cluster
         ray.init(address="auto")
-        if args.resume:
+        if cfg is None:
             resume_run(Path(args.resume))
         else:
             run(cfg)

@@ -297,7 +297,7 @@ def _build(cls: type, overrides: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in overrides.items():
         key, tp = prefix + name, hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(tp, value, key + ".")

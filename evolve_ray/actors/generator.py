@@ -10,6 +10,7 @@ import ray
 from ray.util import get_current_placement_group
 
 from evolve_ray.config import Config
+from evolve_ray.core.strategies import Strategy
 from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_shapes, validate_weights
 from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 # `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
-@ray.remote(concurrency_groups={"control": 1})
+@ray.remote(concurrency_groups={"control": 1})  # type: ignore[call-overload]  # valid, missing from ray's overloads
 class GeneratorActor:
     def __init__(self, cfg: Config, model_path: str, index: int, version: int = 0) -> None:
         logging.basicConfig(level=cfg.run.log_level)
@@ -63,7 +64,7 @@ class GeneratorActor:
         return stats
 
     def generate_eval(
-        self, prompts: list[Prompt], round_: int, strategy: str, num_samples: int, turns: int, temperature: float
+        self, prompts: list[Prompt], round_: int, strategy: Strategy, num_samples: int, turns: int, temperature: float
     ) -> list[Candidate]:
         """A strategy's candidates for held-out prompts, returned rather than streamed to a buffer."""
         self._check_alive()

@@ -101,7 +101,7 @@ def run_bench(names: list[str], out: Path, *, command: str, large: bool = False,
     workdir = Path(tempfile.mkdtemp(prefix="evolve-bench-"))
     joined = ray.is_initialized()
     ctx = BenchContext(workdir, large=large, smoke=smoke, env=engine_env(workdir))
-    run_info = {
+    run_info: dict[str, Any] = {
         "command": command,
         "started": started,
         "load_avg_start": load,

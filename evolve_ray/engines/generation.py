@@ -17,7 +17,7 @@ from typing import Any
 
 from evolve_ray.config import Config
 from evolve_ray.core.refine import build_refine_prompt, chat_prompt_ids
-from evolve_ray.core.strategies import GenRequest, plan_next
+from evolve_ray.core.strategies import GenRequest, Strategy, plan_next
 from evolve_ray.engines.base import Engine, SamplingSpec
 from evolve_ray.types import Candidate, Prompt, candidate_id
 
@@ -39,7 +39,7 @@ class TurnPlan:
 class RunState:
     """What one `run` knows: candidates per prompt, and chains given up on (prompt too long)."""
 
-    strategy: str
+    strategy: Strategy
     num_samples: int
     turns: int
     by_prompt: dict[str, list[Candidate]]
@@ -75,7 +75,7 @@ class GenerationRunner:
         version: int,
         existing: list[Candidate],
         emit: Emit,
-        strategy: str | None = None,
+        strategy: Strategy | None = None,
         num_samples: int | None = None,
         turns: int | None = None,
         spec: SamplingSpec | None = None,

