@@ -81,10 +81,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     sets = list(args.sets) + (["data.task=file", f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, sets)
+    # Each strategy's own grid (core.strategies.chain_grid): N only for the parallel ones, K only for chains.
     turns = args.turns if args.strategy in ("chain", "parallel_chain", "vote") else 0
-    metrics = eval_model(
-        cfg, args.model, Path(args.out), strategy=args.strategy, turns=turns, num_samples=args.num_samples
-    )
+    num_samples = args.num_samples if args.strategy in ("parallel", "parallel_chain", "vote") else 1
+    metrics = eval_model(cfg, args.model, Path(args.out), strategy=args.strategy, turns=turns, num_samples=num_samples)
     for quantity in ("accuracy", "score"):
         series = turn_series(metrics, quantity)
         if series:

@@ -97,7 +97,7 @@ class GenerationConfig:
     strategy: Literal["direct", "parallel", "chain", "parallel_chain", "vote"] = _f(
         "chain", "Inference strategy used for data collection (vote is evaluation-only: run.eval_strategies)."
     )
-    num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain, vote).", min=1)
+    num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain).", min=1)
     turns: int = _f(3, "K: refinement turns after the first answer (chain strategies).", min=0)
     temperature: float = _f(0.7, "Sampling temperature; 0 is greedy.", min=0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", gt=0)

@@ -3,7 +3,8 @@
     collect   draw prompts -> generators stream turns into the buffer while scorers score them
               -> the buffer turns complete chains into pairs                      [overlapped]
     train     the long-lived Ray Train group trains on the pairs, checkpoints, pushes weights
-    evaluate  held-out prompts, greedy chain, scored per turn -> the round's report row
+    evaluate  held-out prompts, greedy chain, scored per turn -> the round's report row; at the end
+              (or every round) the run.eval_strategies comparison
 
 state.json records the last completed stage, so `--resume RUN` continues where a run stopped;
 the buffer's journal makes a half-finished collect stage continue without regenerating.

@@ -62,13 +62,15 @@ STRATEGIES_COMPARED = ["direct", "parallel", "chain", "vote"]
 
 @pytest.fixture(scope="module")
 def finished_run(ray_cluster, tiny_models, tmp_path_factory) -> Path:
-    # The weights travel by the disk transport here (the other runs in tests/ray use the object
-    # store), and the run ends with the inference-strategy comparison.
+    # The weights travel by the disk transport and the reward model runs on vLLM here (the other
+    # runs in tests/ray use the object store and transformers), and the run ends with the
+    # inference-strategy comparison.
     return loop.run(
         tiny_cfg(
             tmp_path_factory.mktemp("e2e") / "run",
             tiny_models,
             "sync.transport=disk",
+            "scoring.backend=vllm",
             f"run.eval_strategies=[{','.join(STRATEGIES_COMPARED)}]",
             "run.eval_num_samples=3",
         )
@@ -140,7 +142,8 @@ class Interrupt(Exception):
 
 
 def test_interrupted_run_resumes_without_duplicates_or_gaps(ray_cluster, tiny_models, tmp_path, monkeypatch) -> None:
-    cfg = tiny_cfg(tmp_path / "run", tiny_models)
+    every_round = ["run.eval_strategies=[direct]", "run.eval_strategies_every_round=true"]
+    cfg = tiny_cfg(tmp_path / "run", tiny_models, *every_round)
     real_train = loop.train
 
     def train_then_die(s, r):
@@ -156,6 +159,7 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(ray_cluster, tiny_mo
     loop.resume_run(tmp_path / "run")
     rows = load_rows(tmp_path / "run")
     assert [r["round"] for r in rows] == [0, 1]
+    assert all(math.isfinite(r["strategy/direct_accuracy"]) for r in rows)  # compared every round
     for r in ("r000", "r001"):
         cands = pd.read_parquet(tmp_path / "run" / "rounds" / r / "candidates.parquet")
         assert cands["id"].is_unique and cands["prompt_id"].nunique() == 4 and len(cands) == 12
