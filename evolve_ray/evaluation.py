@@ -38,6 +38,14 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def check_strategies(strategies: list[str], task: Any) -> None:
+    """Refuse, before any generation, a strategy the task cannot support (vote needs answers to count)."""
+    if "vote" in strategies and not task.verifiable:
+        raise UserError(
+            f"strategy vote needs a task with checkable answers (a majority of what?); {task.name} has none"
+        )
+
+
 def eval_temperature(strategy: str, num_samples: int, temperature: float) -> float:
     """Greedy for one chain; the sampling temperature when a strategy runs several."""
     chains, _ = chain_grid(strategy, num_samples=num_samples, turns=0)  # type: ignore[arg-type]
@@ -59,8 +67,7 @@ def evaluate_prompts(
     out_file: Path,
 ) -> dict[str, Any]:
     """Run `strategy` on `prompts`, score every candidate, write `out_file` (parquet); metrics back."""
-    if strategy == "vote" and not task.verifiable:
-        raise UserError(f"strategy vote needs a task with checkable answers; {task.name} has none")
+    check_strategies([strategy], task)
     by_id = {p.id: p for p in prompts}
     shards = [prompts[i :: len(generators)] for i in range(len(generators))]
     plan = (round_, strategy, num_samples, turns, temperature)

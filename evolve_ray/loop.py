@@ -26,7 +26,14 @@ from tqdm import tqdm
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import chain_scores, eval_temperature, evaluate_prompts, evaluate_strategies, mean
+from evolve_ray.evaluation import (
+    chain_scores,
+    check_strategies,
+    eval_temperature,
+    evaluate_prompts,
+    evaluate_strategies,
+    mean,
+)
 from evolve_ray.fleet import ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
@@ -250,6 +257,7 @@ def resume_run(run_dir: Path) -> Path:
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
+    check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
     connect(cfg)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
