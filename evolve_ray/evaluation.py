@@ -42,7 +42,7 @@ def check_strategies(strategies: list[str], task: Any) -> None:
     """Refuse, before any generation, a strategy the task cannot support (vote needs answers to count)."""
     if "vote" in strategies and not task.verifiable:
         raise UserError(
-            f"strategy vote needs a task with checkable answers (a majority of what?); {task.name} has none"
+            f"strategy vote needs a task with checkable answers (it counts final answers); {task.name} has none"
         )
 
 
