@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from evolve_ray.comparison import LR_GRID
+from evolve_ray.core.strategies import STRATEGIES
 from evolve_ray.errors import UserError
 
 log = logging.getLogger("evolve_ray")
@@ -24,6 +25,16 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one field, e.g. training.beta=0.05 (repeatable)",
     )
+
+
+def _at_least(lo: int):
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {lo}")
+        return value
+
+    return parse
 
 
 def cmd_print_config(args: argparse.Namespace) -> int:
@@ -67,15 +78,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evolve_ray.config import load_config
     from evolve_ray.loop import eval_model
     from evolve_ray.report import turn_series
+    from evolve_ray.report_strategies import final_line
 
     sets = list(args.sets) + (["data.task=file", f"data.path={args.data}"] if args.data else [])
-    metrics = eval_model(
-        load_config(args.config, sets), args.model, Path(args.out), strategy=args.strategy, turns=args.turns
-    )
+    cfg = load_config(args.config, sets)
+    # Each strategy's own grid (core.strategies.chain_grid): N only for the parallel ones, K only for chains.
+    turns = args.turns if args.strategy in ("chain", "parallel_chain", "vote") else 0
+    num_samples = args.num_samples if args.strategy in ("parallel", "parallel_chain", "vote") else 1
+    metrics = eval_model(cfg, args.model, Path(args.out), strategy=args.strategy, turns=turns, num_samples=num_samples)
     for quantity in ("accuracy", "score"):
         series = turn_series(metrics, quantity)
         if series:
-            print(f"{quantity:>9} by turn: " + "  ".join(f"t{t}={v:.3f}" for t, v in enumerate(series)))
+            print(f"{quantity:>9} by turn (chain 0): " + "  ".join(f"t{t}={v:.3f}" for t, v in enumerate(series)))
+    print(final_line(args.strategy, metrics))
     print(f"wrote {args.out}/eval.json and eval.parquet")
     return 0
 
@@ -150,7 +165,7 @@ def job_main(argv: list[str] | None = None) -> int:
         sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
         cfg = None if args.resume else load_config(args.config, sets)  # errors before joining the cluster
         ray.init(address="auto")
-        if args.resume:
+        if cfg is None:
             resume_run(Path(args.resume))
         else:
             run(cfg)
@@ -227,8 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     p.add_argument("--data", help="prompt file (default: the built-in task's eval split)")
-    p.add_argument("--strategy", choices=["direct", "chain"], default="chain")
-    p.add_argument("--turns", type=int, default=3, help="refinement turns after the first answer")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="chain", help="inference strategy (default chain)")
+    p.add_argument(
+        "--num-samples", type=_at_least(1), default=4, help="N: answers or chains of parallel, parallel_chain, vote"
+    )
+    p.add_argument(
+        "--turns", type=_at_least(0), default=3, help="K: refinement turns after the first answer (chain strategies)"
+    )
     p.add_argument("--out", default="runs/eval")
     p.set_defaults(fn=cmd_eval)
 

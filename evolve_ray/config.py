@@ -12,6 +12,7 @@ Pure module: no ray, no vllm, no torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from typing import Any, Literal
 
 import yaml
 
+from evolve_ray.core.strategies import STRATEGIES
 from evolve_ray.errors import UserError
 
-# METHOD.md's refinement turn, for real models (jobs/configs/llama8b_8gpu.yaml sets it).
+# The paper's refinement turn (docs/method.md), for real models (jobs/configs/llama8b_8gpu.yaml sets it).
 PAPER_REFINE_TEMPLATE = (
     "Improve the example response to the question below. Make it clearer, more accurate and "
     "step by step, with no irrelevant content. If it is essentially right, polish it; if it is "
@@ -47,9 +49,16 @@ class ConfigError(UserError):
     """A user error in the configuration; its message names the offending key."""
 
 
-def _f(default: Any, help: str, *, min: float | None = None, gt: float | None = None) -> Any:
-    """A dataclass field carrying help text and an optional numeric bound."""
-    meta = {"help": help, "min": min, "gt": gt}
+def _f(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    gt: float | None = None,
+    refused: dict[str, str] | None = None,
+) -> Any:
+    """A dataclass field carrying help text, an optional numeric bound, and values refused with a reason."""
+    meta = {"help": help, "min": min, "gt": gt, "refused": refused or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -88,9 +97,9 @@ class GenerationConfig:
     gpus_per_generator: float = _f(0.0, "GPUs reserved per generator (tensor_parallel_size on GPU nodes).", min=0)
     tensor_parallel_size: int = _f(1, "vLLM tensor parallelism per generator (GPU only).", min=1)
     strategy: Literal["direct", "parallel", "chain", "parallel_chain", "vote"] = _f(
-        "chain", "Inference strategy used for data collection."
+        "chain", "Inference strategy used for data collection (vote is evaluation-only: run.eval_strategies)."
     )
-    num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain, vote).", min=1)
+    num_samples: int = _f(1, "N: independent answers (parallel) or chains (parallel_chain).", min=1)
     turns: int = _f(3, "K: refinement turns after the first answer (chain strategies).", min=0)
     temperature: float = _f(0.7, "Sampling temperature; 0 is greedy.", min=0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", gt=0)
@@ -171,8 +180,14 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    transport: Literal["object_store", "nccl", "disk"] = _f(
-        "object_store", "Weight push: object store bytes (CPU/single node), NCCL (GPU), or checkpoint path."
+    transport: Literal["object_store", "disk"] = _f(
+        "object_store",
+        "Weight push: arrays through the Ray object store (one node), or the checkpoint directory read from "
+        "shared storage (several nodes).",
+        refused={
+            "nccl": "vLLM's NCCL weight transfer is not built here; the transports are object_store and disk "
+            "(a push takes seconds, next to minutes of generation per round)"
+        },
     )
 
 
@@ -192,7 +207,14 @@ class RunConfig:
     out: str = _f("runs/evolve", "Run directory (the only place the project writes).")
     rounds: int = _f(3, "EVOLVE rounds.", min=0)
     eval_strategy: Literal["direct", "chain"] = _f("chain", "Strategy used for per-round evaluation.")
-    eval_turns: int = _f(3, "Refinement turns evaluated.", min=0)
+    eval_turns: int = _f(3, "Refinement turns evaluated (K of the chain strategies).", min=0)
+    eval_strategies: list[str] = _f(
+        [],
+        "Inference strategies compared on the held-out prompts at the end of the run (direct, parallel, chain, "
+        "parallel_chain, vote): accuracy, score and tokens per prompt of each, in report.md.",
+    )
+    eval_num_samples: int = _f(4, "N of the parallel strategies in run.eval_strategies.", min=1)
+    eval_strategies_every_round: bool = _f(False, "Compare run.eval_strategies after every round, not only the last.")
     trackers: list[str] = _f([], "Optional trackers: wandb, mlflow, tensorboard.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Logging level.")
 
@@ -213,6 +235,10 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # Building a Config from overrides
+
+
+# A decimal number as people type it: 5e-5, 1e-3, .5, -2, 3.0E+2 (not nan, inf or hex).
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -242,6 +268,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-5 and 1e-3 (no dot) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -271,11 +299,14 @@ def _build(cls: type, overrides: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in overrides.items():
         key, tp = prefix + name, hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(tp, value, key + ".")
         else:
+            refused = fields[name].metadata.get("refused", {})
+            if isinstance(value, str) and value in refused:
+                raise ConfigError(f"{key}={value} is not available: {refused[value]}")
             kwargs[name] = _coerce(key, value, tp)
             _check_bounds(key, kwargs[name], fields[name])
     return cls(**kwargs)
@@ -341,10 +372,21 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.task=file")
-    if cfg.sync.transport == "nccl" and not cfg.training.use_gpu:
-        raise ConfigError("sync.transport=nccl needs training.use_gpu=true; use object_store or disk on CPU")
+    if cfg.generation.strategy == "vote":
+        raise ConfigError(
+            "generation.strategy=vote is an evaluation strategy (a majority over final answers picks one answer; "
+            "it makes no pairs): collect with parallel_chain (the same chains) and evaluate vote with "
+            "run.eval_strategies or `evolve-ray eval --strategy vote`"
+        )
     if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
         raise ConfigError("training.strategy=fsdp needs training.use_gpu=true; use ddp on CPU")
+    for name in cfg.run.eval_strategies:
+        if name not in STRATEGIES:
+            raise ConfigError(f"run.eval_strategies: unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if len(set(cfg.run.eval_strategies)) != len(cfg.run.eval_strategies):
+        raise ConfigError("run.eval_strategies: a strategy is listed twice")
+    if cfg.run.eval_strategies and cfg.data.eval_prompts == 0:
+        raise ConfigError("run.eval_strategies needs data.eval_prompts > 0 (the strategies run on held-out prompts)")
     known_trackers = {"wandb", "mlflow", "tensorboard"}
     for tr in cfg.run.trackers:
         if tr not in known_trackers:

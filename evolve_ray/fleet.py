@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -33,11 +33,12 @@ from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import Config
 from evolve_ray.errors import UserError
+from evolve_ray.retry import Attempts
 from evolve_ray.tasks.base import Task
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 4  # per shard and stage: a deterministic failure must not loop forever
 ROLES = ("generator", "scorer")  # the replaceable actors
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Launch:
     role: str
     submit: Callable[[Any, int], ray.ObjectRef]
     pending: dict[ray.ObjectRef, int]
-    attempts: Counter[int] = field(default_factory=Counter)
+    attempts: Attempts
     results: dict[int, Any] = field(default_factory=dict)
 
 
@@ -66,14 +67,14 @@ class Fleet:
         # It lives on the driver's node: losing a worker node then costs only replaceable actors.
         # (Hard affinity: a soft one is not honoured for 0-CPU actors in Ray 2.60.)
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.buffer = BufferActor.options(
+        self.buffer = BufferActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             name="buffer", max_restarts=-1, max_task_retries=-1, scheduling_strategy=driver_node
         ).remote(cfg, str(run_dir), task)
         self._wait_placed()
 
     def _generator(self, i: int) -> Any:
         g = self.cfg.generation
-        return GeneratorActor.options(
+        return GeneratorActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             name=f"generator-{i}",
             runtime_env=self.env,
             **self._reserve("generator", i, g.cpus_per_generator, g.gpus_per_generator),
@@ -81,7 +82,7 @@ class Fleet:
 
     def _scorer(self, i: int) -> Any:
         s = self.cfg.scoring
-        return ScorerActor.options(
+        return ScorerActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             name=f"scorer-{i}", runtime_env=self.env, **self._reserve("scorer", i, s.cpus_per_scorer, s.gpus_per_scorer)
         ).remote(self.cfg, self.reward, i, self.task)
 
@@ -134,7 +135,7 @@ class Fleet:
         """Replace every actor that has died, and every generator that does not serve the fleet's
         version (it missed the last push); returns once all answer. A replacement can die too
         (placed on a node before Ray knew the node was gone): it is replaced again."""
-        attempts: Counter[tuple[str, int]] = Counter()
+        attempts = Attempts("replacing")
         for role in ROLES:
             actors = self.generators if role == "generator" else self.scorers
             todo = list(range(len(actors)))
@@ -142,23 +143,22 @@ class Fleet:
                 probes = {i: actors[i].info.remote() for i in todo}
                 todo = []
                 for i, ref in probes.items():
+                    error: RayActorError | None = None
                     try:
                         info = ray.get(ref)
                         if role == "scorer" or info["version"] == self.version:
                             continue
                         log.warning("generator %d serves v%d, not v%d", i, info["version"], self.version)
-                    except RayActorError:
-                        pass
-                    attempts[role, i] += 1
-                    if attempts[role, i] > MAX_ATTEMPTS:
-                        raise RuntimeError(f"{role} {i} could not be replaced in {MAX_ATTEMPTS} tries")
+                    except RayActorError as e:
+                        error = e
+                    attempts.failed(f"{role} {i}", error)
                     self.replace(role, i)
                     todo.append(i)
 
     def launch(self, role: str, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int]) -> Launch:
         """Start `submit(actor, i)` for each index without waiting (stages overlap)."""
         actors = self.generators if role == "generator" else self.scorers
-        return Launch(role, submit, {submit(actors[i], i): i for i in indices})
+        return Launch(role, submit, {submit(actors[i], i): i for i in indices}, Attempts(role))
 
     def finish(self, job: Launch, on_tick: Callable[[], None] = lambda: None) -> dict[int, Any]:
         """Wait for a launch; replace a dead actor and resubmit its share of the work."""
@@ -171,21 +171,26 @@ class Fleet:
                 try:
                     job.results[i] = ray.get(ref)
                     continue
-                except RayActorError:
-                    self._count_attempt(job, i)
-                    self.replace(job.role, i)
-                except ray.exceptions.RayTaskError as e:  # e.g. the buffer restarted under a call
-                    self._count_attempt(job, i)
-                    log.warning("%s %d failed (%s); retrying", job.role, i, type(e.cause).__name__)
-                    time.sleep(1.0)
+                except RayActorError as e:
+                    job.attempts.failed(i, e)
+                    if isinstance(e, RayTaskError):  # alive, but an actor it called died (the buffer, restarting)
+                        log.warning("%s %d lost an actor it called (%s); retrying", job.role, i, type(e.cause).__name__)
+                        time.sleep(1.0)
+                    else:
+                        self.replace(job.role, i)
                 job.pending[job.submit(actors[i], i)] = i
         return job.results
 
-    @staticmethod
-    def _count_attempt(job: Launch, i: int) -> None:
-        job.attempts[i] += 1
-        if job.attempts[i] >= MAX_ATTEMPTS:
-            raise RuntimeError(f"{job.role} {i} failed {MAX_ATTEMPTS} times in a row; giving up on this stage")
+    def retry_dead(self, fn: Callable[[], T], what: str) -> T:
+        """fn(), run again after `heal` each time an actor dies under it (MAX_ATTEMPTS tries in all)."""
+        attempts = Attempts(what)
+        while True:
+            try:
+                return fn()
+            except RayActorError as e:
+                attempts.failed("", e)
+                log.warning("an actor died during %s (%s); replacing it and trying again", what, type(e).__name__)
+                self.heal()
 
     def close(self) -> None:
         for actor in [*self.generators, *self.scorers, self.buffer]:

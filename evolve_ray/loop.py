@@ -3,7 +3,8 @@
     collect   draw prompts -> generators stream turns into the buffer while scorers score them
               -> the buffer turns complete chains into pairs                      [overlapped]
     train     the long-lived Ray Train group trains on the pairs, checkpoints, pushes weights
-    evaluate  held-out prompts, greedy chain, scored per turn -> the round's report row
+    evaluate  held-out prompts, greedy chain, scored per turn -> the round's report row; at the end
+              (or every round) the run.eval_strategies comparison
 
 state.json records the last completed stage, so `--resume RUN` continues where a run stopped;
 the buffer's journal makes a half-finished collect stage continue without regenerating.
@@ -20,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import evaluate_prompts
-from evolve_ray.fleet import MAX_ATTEMPTS, ROLES, Fleet
+from evolve_ray.evaluation import check_strategies, eval_temperature, evaluate_prompts, evaluate_strategies
+from evolve_ray.fleet import ROLES, Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
@@ -178,13 +178,7 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
     if s.cfg.data.eval_prompts == 0:
         return {}
     before = dict(s.fleet.restarts)
-    for _ in range(MAX_ATTEMPTS - 1):
-        try:
-            return _evaluate(s, round_) | restarts_since(s, before)
-        except RayActorError as e:
-            log.warning("an actor died during evaluation (%s); replacing it and evaluating again", type(e).__name__)
-            s.fleet.heal()
-    return _evaluate(s, round_) | restarts_since(s, before)  # the last try: a failure now ends the run
+    return s.fleet.retry_dead(lambda: _evaluate(s, round_), f"round {round_} evaluation") | restarts_since(s, before)
 
 
 def evaluate_start(s: Session) -> None:
@@ -200,17 +194,23 @@ def evaluate_start(s: Session) -> None:
 
 def _evaluate(s: Session, round_: int) -> dict[str, Any]:
     chain = s.cfg.run.eval_strategy == "chain"
-    return evaluate_prompts(
+    prompts = s.task.prompts("eval", s.cfg.data.eval_prompts)
+    out = evaluate_prompts(
         s.generators,
         s.scorers,
         s.task,
-        s.task.prompts("eval", s.cfg.data.eval_prompts),
+        prompts,
         round_=round_,
         strategy="chain" if chain else "direct",
         turns=s.cfg.run.eval_turns if chain else 0,
         tolerance=s.cfg.selection.tie_tolerance,
         out_file=round_dir(s.run, round_) / "eval.parquet",
     )
+    if s.cfg.run.eval_strategies_every_round or round_ == s.cfg.run.rounds - 1:
+        out |= evaluate_strategies(
+            s.generators, s.scorers, s.task, prompts, s.cfg, round_=round_, out_dir=round_dir(s.run, round_)
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +242,8 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     task = make_task(cfg.data)
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
-    connect(cfg, run_dir)
+    check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
+    connect(cfg)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
@@ -273,7 +274,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     return run_dir
 
 
-def connect(cfg: Config, run_dir: Path) -> None:
+def connect(cfg: Config) -> None:
     """Join the configured cluster, or start a local one (dashboard on 127.0.0.1 by default)."""
     if ray.is_initialized():
         return
@@ -302,7 +303,7 @@ def _engine_env(run_dir: Path) -> dict[str, str]:
 
 
 def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict) -> Session:
-    trained = _trained_rounds(run_dir, state)
+    trained = _trained_rounds(state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
     fleet = Fleet(
         cfg,
@@ -322,7 +323,7 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state)
 
 
-def _trained_rounds(run_dir: Path, state: dict) -> int:
+def _trained_rounds(state: dict) -> int:
     """How many rounds' training finished (= the policy version the generators must serve)."""
     last = state.get("last")
     if last is None:
@@ -339,12 +340,14 @@ def _served_version(s: Session) -> int:
 # Standalone evaluation (`evolve-ray eval`)
 
 
-def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int) -> dict[str, Any]:
-    """Evaluate one checkpoint per turn on the task's eval prompts; writes eval.parquet and eval.json."""
+def eval_model(
+    cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int, num_samples: int = 1
+) -> dict[str, Any]:
+    """Evaluate one checkpoint under `strategy` on the task's eval prompts; writes eval.parquet and eval.json."""
     check_writable(out_dir)
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
-    connect(cfg, out_dir)
+    connect(cfg)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
     fleet = Fleet(
         cfg,
@@ -363,11 +366,16 @@ def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, tu
             task.prompts("eval", cfg.data.eval_prompts),
             round_=0,
             strategy=strategy,
+            num_samples=num_samples,
             turns=turns,
+            temperature=eval_temperature(strategy, num_samples, cfg.generation.temperature),
             tolerance=cfg.selection.tie_tolerance,
             out_file=out_dir / "eval.parquet",
         )
     finally:
         fleet.close()
-    write_json(out_dir / "eval.json", finite_row(metrics | {"model": model_path, "strategy": strategy}))
+    write_json(
+        out_dir / "eval.json",
+        finite_row(metrics | {"model": model_path, "strategy": strategy, "num_samples": num_samples}),
+    )
     return metrics

@@ -45,7 +45,13 @@ def _open_tracker(name: str, run_name: str, config: dict[str, Any], log_dir: str
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=log_dir)
-            return lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()] and writer.flush()
+
+            def publish(m: dict[str, float], step: int) -> None:
+                for k, v in m.items():
+                    writer.add_scalar(k, v, step)
+                writer.flush()
+
+            return publish
         if name == "wandb":
             import wandb
 

@@ -1,6 +1,6 @@
 """The run's report: report.json (one row per round, stable keys), report.md and PNG plots.
 
-Metric keys are `<stage>/<quantity>` (ARCHITECTURE.md). Pure: json, matplotlib (Agg).
+Metric keys are `<stage>/<quantity>` (docs/architecture.md). Pure: json, matplotlib (Agg).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evolve_ray.report_strategies import strategy_section
 from evolve_ray.rundir import atomic_write, read_json, write_json
 
 REPORT_JSON = "report.json"
@@ -78,6 +79,7 @@ def write_markdown(run: Path, rows: list[dict[str, Any]]) -> Path:
     ):
         if ks:
             parts.append(f"\n## {title}\n\n" + _table(rows, ks))
+    parts.append(strategy_section(run, rows))
     plots = sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []
     if plots:
         parts.append("\n## Plots\n\n" + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots))

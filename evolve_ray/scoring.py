@@ -2,7 +2,9 @@
 
 A reward model scores the whole conversation [user: x, assistant: y] through its own chat
 template, the way it was trained; non-finite outputs become invalid scores that are counted,
-never passed on as numbers.
+never passed on as numbers. Both backends return the same quantity, the raw logit of the
+sequence-classification head (vLLM's default sigmoid is turned off in VLLMEngine.classify), so
+selection.min_margin, min_chosen_score and tie_tolerance mean the same on either.
 """
 
 from __future__ import annotations

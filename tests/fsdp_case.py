@@ -13,31 +13,9 @@ from evolve_ray.models.loading import load_policy, load_tokenizer
 from evolve_ray.train.batching import build_examples, loss_terms, plan_epoch, reference_chunks
 from evolve_ray.train.parallel import full_state_dict, wrap_model
 from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
-from evolve_ray.types import PreferencePair
+from tests.pairs import fact_pairs
 
 FACTS = [("2+2=", "4", "5"), ("3+3=", "6", "9"), ("capital of France?", "Paris", "Rome"), ("1+1=", "2", "11")]
-
-
-def _pairs() -> list[PreferencePair]:
-    return [
-        PreferencePair(
-            prompt_id=f"p{i}",
-            round=0,
-            kind=kind,
-            question=q,
-            prompt=q if kind == "direct" else f"Improve: {q} {bad}",
-            chosen=good,
-            rejected=bad,
-            chosen_id="c",
-            rejected_id="r",
-            chosen_score=1.0,
-            rejected_score=0.0,
-            rule="reward",
-            policy_version=0,
-        )
-        for i, (q, good, bad) in enumerate(FACTS)
-        for kind in ("direct", "refine")
-    ]
 
 
 def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, **overrides) -> None:
@@ -64,7 +42,7 @@ def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, *
         if reference == "fixed"
         else None
     )
-    examples, terms = build_examples(_pairs(), tok, cfg), loss_terms(cfg)
+    examples, terms = build_examples(fact_pairs(FACTS), tok, cfg), loss_terms(cfg)
     chunks = reference_chunks(len(examples), micro_batch=2, rank=0, world_size=1)
     frozen = round_frozen_logps(model, ref, examples, terms, cfg, chunks=chunks, pad_id=tok.pad_token_id, device=device)
     assert frozen.ref is not None and torch.isfinite(frozen.ref).all()

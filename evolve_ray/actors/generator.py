@@ -10,6 +10,7 @@ import ray
 from ray.util import get_current_placement_group
 
 from evolve_ray.config import Config
+from evolve_ray.core.strategies import Strategy
 from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_shapes, validate_weights
 from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 # `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
-@ray.remote(concurrency_groups={"control": 1})
+@ray.remote(concurrency_groups={"control": 1})  # type: ignore[call-overload]  # valid, missing from ray's overloads
 class GeneratorActor:
     def __init__(self, cfg: Config, model_path: str, index: int, version: int = 0) -> None:
         logging.basicConfig(level=cfg.run.log_level)
@@ -62,11 +63,14 @@ class GeneratorActor:
         ray.get(refs)  # the buffer has everything before the call returns
         return stats
 
-    def generate_eval(self, prompts: list[Prompt], round_: int, strategy: str, turns: int) -> list[Candidate]:
-        """Greedy candidates for held-out prompts, returned rather than streamed to a buffer."""
+    def generate_eval(
+        self, prompts: list[Prompt], round_: int, strategy: Strategy, num_samples: int, turns: int, temperature: float
+    ) -> list[Candidate]:
+        """A strategy's candidates for held-out prompts, returned rather than streamed to a buffer."""
         self._check_alive()
         out: list[Candidate] = []
-        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=self.runner.spec.max_new_tokens)
+        top_p = self.runner.spec.top_p if temperature > 0 else 1.0
+        spec = SamplingSpec(temperature=temperature, top_p=top_p, max_new_tokens=self.runner.spec.max_new_tokens)
         self.runner.run(
             prompts,
             round_=round_,
@@ -74,6 +78,7 @@ class GeneratorActor:
             existing=[],
             emit=lambda cands, _finished: out.extend(cands),
             strategy=strategy,
+            num_samples=num_samples,
             turns=turns,
             spec=spec,
         )

@@ -27,7 +27,7 @@ def make_scorer(cfg: Config, reward_path: str, task: Task) -> Scorer:
 
 
 # `info` runs in its own thread so a busy actor (a long generate or scoring loop) still answers it.
-@ray.remote(concurrency_groups={"control": 1})
+@ray.remote(concurrency_groups={"control": 1})  # type: ignore[call-overload]  # valid, missing from ray's overloads
 class ScorerActor:
     def __init__(self, cfg: Config, reward_path: str, index: int, task: Task) -> None:
         logging.basicConfig(level=cfg.run.log_level)

@@ -22,7 +22,7 @@ from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 
-# head_dim 64 everywhere (vLLM CPU attention: STACK.md). Parameter counts include embeddings.
+# head_dim 64 everywhere (vLLM CPU attention: docs/platform.md). Parameter counts include embeddings.
 GEN_SPEC = TinySpec(hidden=384, layers=6, heads=6, intermediate=1536)  # ~14M: compute, not call overhead, dominates
 ENGINE_SPEC = TinySpec(hidden=512, layers=8, heads=8, intermediate=2048)  # ~34M
 PUSH_SPECS = {
@@ -147,7 +147,7 @@ class BenchContext:
             self._models[key] = paths
         return self._models[key]
 
-    def config(self, policy: str, reward: str = "", **sets: Any) -> Config:
+    def config(self, policy: str, reward: str = "", /, **sets: Any) -> Config:
         """A Config with the bench's overrides (`section.key=value` pairs), validated like user input."""
         items = {"model.policy": policy, "model.reward": reward, "run.out": str(self.workdir / "run")} | sets
         items.setdefault("run.log_level", "WARNING")
@@ -165,7 +165,7 @@ class BenchContext:
     def generator(self, cfg: Config, index: int) -> Any:
         """A GeneratorActor as the Fleet makes one (same options), not yet waited for."""
         g = cfg.generation
-        return GeneratorActor.options(
+        return GeneratorActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             num_cpus=g.cpus_per_generator, num_gpus=g.gpus_per_generator, runtime_env={"env_vars": self.env}
         ).remote(cfg, cfg.model.policy, index)
 

@@ -27,7 +27,7 @@ def run(ctx: BenchContext) -> BenchResult:
     ray.get([g.info.remote() for g in gens.values()])
 
     def once(backend: str, n: int, tag: str) -> tuple[float, float]:
-        buf = BufferActor.remote(cfgs[backend], str(ctx.workdir / "engine" / f"{backend}-{tag}"), ctx.task())
+        buf = BufferActor.remote(cfgs[backend], str(ctx.workdir / "engine" / f"{backend}-{tag}"), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
         ray.get(buf.open_round.remote(0, prompts[:n]))
         seconds, stats = wall(lambda: ray.get(gens[backend].generate.remote(prompts[:n], 0, [], buf)))
         ray.kill(buf)

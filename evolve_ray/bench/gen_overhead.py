@@ -79,7 +79,7 @@ def requests(cfg: Config, prompts: list[Prompt]) -> tuple[list[list[int]], list[
 def through_actor(ctx: BenchContext, gen: Any, prompts: list[Prompt], tag: str) -> tuple[float, float, float]:
     """(seconds, tokens, seconds inside GenerationRunner) of one GeneratorActor.generate into a
     fresh buffer, as the collect stage calls it."""
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "gen_overhead" / tag), ctx.task())
+    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "gen_overhead" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(ROUND, prompts))
     seconds, stats = wall(lambda: ray.get(gen.generate.remote(prompts, ROUND, [], buf)))
     ray.kill(buf)
@@ -92,7 +92,7 @@ def run(ctx: BenchContext) -> BenchResult:
     prompts = ctx.prompts(GEN_PROMPTS)
     ids, seeds = requests(cfg, prompts)
     sampling = {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_new_tokens}
-    bare = BareVLLM.options(num_cpus=g.cpus_per_generator, runtime_env={"env_vars": ctx.env}).remote(
+    bare = BareVLLM.options(num_cpus=g.cpus_per_generator, runtime_env={"env_vars": ctx.env}).remote(  # type: ignore[attr-defined]  # a @ray.remote class
         cfg.model.policy, llm_kwargs(cfg)
     )
     (gen,) = ctx.generators(1)

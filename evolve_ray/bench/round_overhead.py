@@ -11,6 +11,7 @@ start (TrainerGroup.startup_seconds(), measured in the same run).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import ray
@@ -46,7 +47,7 @@ def run(ctx: BenchContext) -> BenchResult:
         pairs = synthetic_pairs(PAIRS, ("direct", "refine"))
         rounds: list[dict[str, Any]] = []
         for r in range(ROUNDS):
-            seconds, m = wall(lambda r=r: group.train_round(r, pairs, gens))
+            seconds, m = wall(partial(group.train_round, r, pairs, gens))
             rounds.append(
                 {
                     "train_round_wall_s": seconds,

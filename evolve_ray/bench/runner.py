@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # Run order: the demo before the cluster starts; the benchmarks sharing the generator fleet together.
 BENCHMARKS = ("demo", "gen_overhead", "score_overlap", "scale", "round_overhead", "engine", "push", "train_step")
 FLEET_USERS = {"gen_overhead", "score_overlap", "scale", "round_overhead"}
-LOCAL_CPUS = 4  # logical: generators, scorer and train workers all fit (STACK.md: they must add up)
+LOCAL_CPUS = 4  # logical: generators, scorer and train workers all fit (docs/platform.md: they must add up)
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -82,7 +82,7 @@ def _version(dist: str) -> str:
 
 
 def engine_env(workdir: Path) -> dict[str, str]:
-    """In-process vLLM with one compile cache for the whole bench (STACK.md)."""
+    """In-process vLLM with one compile cache for the whole bench (docs/platform.md)."""
     return {
         "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(workdir / ".cache" / "vllm")),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -101,7 +101,7 @@ def run_bench(names: list[str], out: Path, *, command: str, large: bool = False,
     workdir = Path(tempfile.mkdtemp(prefix="evolve-bench-"))
     joined = ray.is_initialized()
     ctx = BenchContext(workdir, large=large, smoke=smoke, env=engine_env(workdir))
-    run_info = {
+    run_info: dict[str, Any] = {
         "command": command,
         "started": started,
         "load_avg_start": load,

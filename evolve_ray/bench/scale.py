@@ -20,7 +20,7 @@ FLAT = 0.75  # efficiency below which the curve counts as flattened
 def one_run(ctx: BenchContext, gens: list[Any], tag: str, n_prompts: int = GEN_PROMPTS) -> tuple[float, float]:
     """(seconds, tokens) for the whole workload split over `gens`."""
     prompts = ctx.prompts(n_prompts)
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "scale" / tag), ctx.task())
+    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "scale" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(0, prompts))
     n = len(gens)
     seconds, stats = wall(lambda: ray.get([g.generate.remote(prompts[i::n], 0, [], buf) for i, g in enumerate(gens)]))

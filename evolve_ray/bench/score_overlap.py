@@ -24,7 +24,7 @@ def one_run(
     scoring, if any) is done, the way loop.collect drives it. The tail is scoring still running
     after generation has returned."""
     prompts = ctx.prompts(n_prompts)
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "score_overlap" / tag), ctx.task())
+    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "score_overlap" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(0, prompts))
 
     def go() -> tuple[float, float]:
@@ -48,7 +48,7 @@ def run(ctx: BenchContext) -> BenchResult:
     cfg = ctx.gen_config()
     s = cfg.scoring
     (gen,) = ctx.generators(1)
-    scorer = ScorerActor.options(num_cpus=s.cpus_per_scorer, runtime_env={"env_vars": ctx.env}).remote(
+    scorer = ScorerActor.options(num_cpus=s.cpus_per_scorer, runtime_env={"env_vars": ctx.env}).remote(  # type: ignore[attr-defined]  # a @ray.remote class
         cfg, cfg.model.reward, 0, ctx.task()
     )
     one_run(ctx, gen, scorer, "warmup", n_prompts=4)  # the scorer's first forward pays one-off costs

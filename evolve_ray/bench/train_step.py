@@ -130,9 +130,9 @@ def run(ctx: BenchContext) -> BenchResult:
     paths = ctx.model("gen", GEN_SPEC, reward=True)
     cfg = ctx.config(paths["policy"], paths["reward"], **SETTINGS)
     pairs = synthetic_pairs(PAIRS, ("direct",))
-    sides: dict[str, Any] = {"ours": OursDPO.remote(cfg, pairs)}
+    sides: dict[str, Any] = {"ours": OursDPO.remote(cfg, pairs)}  # type: ignore[attr-defined]  # a @ray.remote class
     if importlib.util.find_spec("trl") is not None:
-        sides["trl"] = TrlDPO.remote(cfg, pairs)
+        sides["trl"] = TrlDPO.remote(cfg, pairs)  # type: ignore[attr-defined]  # a @ray.remote class
     warm = ray.get([s.round.remote() for s in sides.values()])  # a fresh process's first round: one-off costs
     warmup = {name: r["seconds"] for name, r in zip(sides, warm, strict=True)}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in sides}

@@ -76,7 +76,7 @@ class BufferState:
         return len(new)
 
     def take_unscored(self, n: int) -> list[tuple[Candidate, Prompt]]:
-        out = []
+        out: list[tuple[Candidate, Prompt]] = []
         while self.unscored and len(out) < n:
             cid = self.unscored.popleft()
             if cid not in self.scores:

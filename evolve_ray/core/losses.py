@@ -90,7 +90,7 @@ def ipo_loss(
     *,
     beta: float,
 ) -> tuple[Tensor, Metrics]:
-    """IPO loss (Azar et al. 2023, arXiv 2310.12036) in METHOD.md's scaling: (beta * m - 1/2)^2.
+    """IPO loss (Azar et al. 2023, arXiv 2310.12036) in docs/method.md's scaling: (beta * m - 1/2)^2.
 
     This equals beta^2 * (m - 1/(2 beta))^2, i.e. the paper's (h - 1/(2 tau))^2 with tau = beta,
     scaled by beta^2; the minimiser is the same, beta * m = 1/2.

@@ -1,4 +1,4 @@
-"""Pair selection: how one prompt's scored candidates become preference pairs (METHOD.md).
+"""Pair selection: how one prompt's scored candidates become preference pairs (docs/method.md).
 
 Each rule picks one (y_w, y_l) or says why not; from it come a direct pair (x; y_w; y_l), a
 refine pair (t(x, y_l); y_w; y_l) and, optionally, a keep pair (t(x, y_w); y_w; y_l).

@@ -52,12 +52,6 @@ def chain_grid(strategy: Strategy, *, num_samples: int, turns: int) -> tuple[int
     return grids[strategy]
 
 
-def expected_candidates(strategy: Strategy, *, num_samples: int, turns: int) -> int:
-    """Number of candidates a prompt has once the strategy is done with it."""
-    chains, per_chain = chain_grid(strategy, num_samples=num_samples, turns=turns)
-    return chains * per_chain
-
-
 def plan_next(
     strategy: Strategy, *, num_samples: int, turns: int, existing: list[Candidate], prompt_id: str
 ) -> list[GenRequest]:
@@ -141,3 +135,43 @@ def pick_final(
     top = max(votes.values())
     # answers are in chain order, so the first answer reaching the top count is the tie-break winner.
     return next(c for a, c in answers if a is not None and votes[a] == top)
+
+
+def pick_finals(
+    strategy: Strategy,
+    scored: list[ScoredCandidate],
+    *,
+    extract_answer: Callable[[str], str | None] | None = None,
+) -> dict[str, Candidate]:
+    """`pick_final` for every prompt present in `scored`: prompt id -> the strategy's answer."""
+    by_prompt: dict[str, list[ScoredCandidate]] = {}
+    for sc in scored:
+        by_prompt.setdefault(sc.candidate.prompt_id, []).append(sc)
+    return {pid: pick_final(strategy, scs, extract_answer=extract_answer) for pid, scs in by_prompt.items()}
+
+
+def final_metrics(
+    scored: list[ScoredCandidate], picks: dict[str, Candidate], correct: dict[str, bool] | None
+) -> dict[str, float]:
+    """What a strategy's picked answers are worth, and what they cost.
+
+    Args:
+        scored: every candidate generated for the prompts (all chains, all turns), with scores.
+        picks: prompt id -> the picked final (from `pick_finals`).
+        correct: candidate id -> verifier verdict (verifiable tasks), else None.
+
+    Returns:
+        final_score (mean valid score of the picks), tokens_per_prompt (every generated token,
+        all chains and turns, over the prompts) and, with `correct`, final_accuracy.
+    """
+    if not picks:
+        raise ValueError("final_metrics: no prompts")
+    score_of = {sc.candidate.id: sc.score for sc in scored}
+    valid = [v for c in picks.values() if (v := score_of.get(c.id)) is not None and math.isfinite(v)]
+    out = {
+        "final_score": sum(valid) / len(valid) if valid else math.nan,
+        "tokens_per_prompt": sum(sc.candidate.num_tokens for sc in scored) / len(picks),
+    }
+    if correct is not None:
+        out["final_accuracy"] = sum(correct[c.id] for c in picks.values()) / len(picks)
+    return out

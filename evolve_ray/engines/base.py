@@ -8,7 +8,6 @@ No ray here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,7 +67,3 @@ def validate_weights(weights: dict[str, torch.Tensor], expected: dict[str, tuple
         # min and max in one pass carry any NaN or inf (a tenth of isfinite(t).all()'s cost: no mask).
         if t.is_floating_point() and t.numel() and not all(torch.isfinite(x) for x in torch.aminmax(t)):
             raise WeightLoadError(f"{name}: contains NaN or inf")
-
-
-def materialize(weights: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return dict(weights)

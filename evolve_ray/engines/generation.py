@@ -17,7 +17,7 @@ from typing import Any
 
 from evolve_ray.config import Config
 from evolve_ray.core.refine import build_refine_prompt, chat_prompt_ids
-from evolve_ray.core.strategies import GenRequest, plan_next
+from evolve_ray.core.strategies import GenRequest, Strategy, plan_next
 from evolve_ray.engines.base import Engine, SamplingSpec
 from evolve_ray.types import Candidate, Prompt, candidate_id
 
@@ -39,7 +39,7 @@ class TurnPlan:
 class RunState:
     """What one `run` knows: candidates per prompt, and chains given up on (prompt too long)."""
 
-    strategy: str
+    strategy: Strategy
     num_samples: int
     turns: int
     by_prompt: dict[str, list[Candidate]]
@@ -75,18 +75,20 @@ class GenerationRunner:
         version: int,
         existing: list[Candidate],
         emit: Emit,
-        strategy: str | None = None,
+        strategy: Strategy | None = None,
+        num_samples: int | None = None,
         turns: int | None = None,
         spec: SamplingSpec | None = None,
     ) -> dict[str, float]:
-        """Generate every missing candidate of `prompts`; returns counters for the report."""
+        """Generate every missing candidate of `prompts`; returns counters for the report.
+        strategy / num_samples / turns / spec default to the config's data-collection settings."""
         g = self.cfg.generation
         by_prompt: dict[str, list[Candidate]] = {p.id: [] for p in prompts}
         for c in existing:
             by_prompt.setdefault(c.prompt_id, []).append(c)
         st = RunState(
             strategy or g.strategy,
-            g.num_samples,
+            g.num_samples if num_samples is None else num_samples,
             g.turns if turns is None else turns,
             by_prompt,
             {c.id: c.text for cs in by_prompt.values() for c in cs},

@@ -38,7 +38,7 @@ class TransformersEngine:
         finish = "stop" if out and out[-1] == eos else "length"
         if out and out[-1] == eos:
             out = out[:-1]  # vLLM leaves the stop token out of its output; match it
-        return GenOutput(out, self.tokenizer.decode(out, skip_special_tokens=True), finish)
+        return GenOutput(out, str(self.tokenizer.decode(out, skip_special_tokens=True)), finish)
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(weights, strict=True)

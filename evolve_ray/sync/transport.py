@@ -1,10 +1,9 @@
 """Weight transport: how a trainer's new weights reach the generators.
 
-One small interface, three transports (config `sync.transport`):
+One small interface, two transports (config `sync.transport`):
 - object_store: the state dict's tensors as numpy arrays, put once in the Ray object store; every
   generator on the node reads them in place, without a copy (CPU / single node).
 - disk: the checkpoint directory on shared storage; generators read its safetensors files.
-- nccl: vLLM's native GPU weight transfer; GPU clusters only (not available on CPU).
 The payload holds numpy arrays, not torch tensors: Ray hands numpy arrays to their readers
 straight from shared memory (torch tensors would be pickled and copied). No ray import here:
 the caller puts the payload into the object store.
@@ -48,7 +47,7 @@ def pack(
         if path is None:
             raise ValueError("disk transport needs the checkpoint path")
         return WeightPayload(version=version, transport=transport, path=str(path))
-    raise ValueError(f"transport {transport!r} is not available here (valid on CPU: object_store, disk)")
+    raise ValueError(f"transport {transport!r} is not available here (valid: object_store, disk)")
 
 
 def unpack(payload: WeightPayload) -> Iterator[tuple[str, torch.Tensor]]:

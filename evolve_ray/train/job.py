@@ -81,7 +81,7 @@ class TrainCoordinator:
         if len(parts) < self.world_size:
             return
         ranks = [parts[r][0] for r in range(self.world_size)]
-        result = dict(parts[0][1] or {})
+        result: dict[str, Any] = dict(parts[0][1] or {})
         result["train/worker_pids"] = [f["pid"] for f in ranks]
         result["train/param_checksums"] = [f["param_checksums"] for f in ranks]
         self._complete(round_, result)
@@ -139,7 +139,7 @@ class TrainerGroup:
         t = self.cfg.training
         # On the driver's node (like the buffer, fleet.py): the round's state must not die with a worker node.
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.coordinator = TrainCoordinator.options(scheduling_strategy=driver_node).remote(t.num_workers)
+        self.coordinator = TrainCoordinator.options(scheduling_strategy=driver_node).remote(t.num_workers)  # type: ignore[attr-defined]  # a @ray.remote class: mypy sees the plain class
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={

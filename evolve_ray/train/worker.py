@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 import ray.train
@@ -24,6 +24,7 @@ import ray.train.torch
 import torch
 from ray.exceptions import RayActorError
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from evolve_ray.config import Config
 from evolve_ray.engines.base import checkpoint_shapes
@@ -82,11 +83,13 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     device = ray.train.torch.get_device()
     last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"])
     torch.manual_seed(cfg.training.seed)
-    load = dict(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    model = wrap_model(load_policy(policy_path, **load), cfg.training, device, trainable=True)
-    reference = None
+    dtype, trc = cfg.model.dtype, cfg.model.trust_remote_code
+    model = wrap_model(
+        load_policy(policy_path, dtype=dtype, trust_remote_code=trc), cfg.training, device, trainable=True
+    )
+    reference: torch.nn.Module | None = None
     if cfg.training.reference == "fixed" and cfg.training.loss != "sft":
-        reference = load_policy(config["reference_model"], **load).requires_grad_(False)
+        reference = load_policy(config["reference_model"], dtype=dtype, trust_remote_code=trc).requires_grad_(False)
         reference = wrap_model(reference, cfg.training, device, trainable=False).eval()
     tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
     worker = Worker(cfg, model, reference, tokenizer, device, ctx.get_world_rank(), ctx.get_world_size(), last_done)
@@ -143,7 +146,8 @@ def optimise(
     w: Worker, examples: list[Example], round_: int, *, submitted_at: float
 ) -> tuple[list[dict[str, float]], list[float], dict[str, float]]:
     """Frozen log-probs, then every optimizer step of the round. Returns per-step metrics, this
-    rank's parameter checksum after each step, and round facts: train/first_step_delay_s (from
+    rank's parameter checksums before the first step and after the last (once per round: a
+    per-step checksum would read every parameter on the hot path), and round facts: train/first_step_delay_s (from
     `submitted_at`, the driver's hand-off of the pairs, to the first optimizer step; wall clocks,
     so across nodes it is as exact as their clock sync), train/frozen_logps_seconds, and the mean
     reference log-prob of the direct chosen responses (a fingerprint of which model the reference
@@ -178,7 +182,7 @@ def optimise(
         "train/first_step_delay_s": time.time() - submitted_at,  # last pair handed over -> first step
         "train/frozen_logps_seconds": frozen_s,  # the part of that delay spent on frozen log-probs
     }
-    history, checksums = [], []
+    history, checksums = [], [param_checksum(w.model)]
     for plan in tqdm(plans, desc=f"round {round_} train", unit="step", disable=w.rank != 0, mininterval=2.0):
         history.append(
             optimizer_step(
@@ -195,7 +199,7 @@ def optimise(
                 device=w.device,
             )
         )
-        checksums.append(param_checksum(w.model))
+    checksums.append(param_checksum(w.model))
     if history:
         logger.info(
             "round %d: %d steps, loss %.4f -> %.4f",
@@ -222,7 +226,8 @@ def round_metrics(history: list[dict[str, float]], num_examples: int) -> dict[st
 def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> None:
     """Hugging Face format (safetensors + tokenizer): loadable by transformers and vLLM."""
     Path(path).mkdir(parents=True, exist_ok=True)
-    unwrap(w.model).save_pretrained(path, state_dict=state)
+    model = cast(PreTrainedModel, unwrap(w.model))  # a DDP/FSDP wrapper's Hugging Face model
+    model.save_pretrained(path, state_dict=state)
     w.tokenizer.save_pretrained(path)
 
 

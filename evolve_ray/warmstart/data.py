@@ -83,7 +83,7 @@ class SftPairs:
 
 
 def sft_pairs(prompts: list[Prompt], template: str, *, seed: int, keep_share: float = 0.0) -> SftPairs:
-    """Self-refinement-aware SFT pairs (METHOD.md, Stage 1): y_w = the correct sum, y_l = a wrong one.
+    """Self-refinement-aware SFT pairs (docs/method.md, Stage 1): y_w = the correct sum, y_l = a wrong one.
 
     The refine context is the config's refinement template filled with (x, y_l). With
     probability `keep_share` the refine context shows the correct answer instead (t(x, y_w)), so

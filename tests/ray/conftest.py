@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _engine_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     # One vLLM cache for the session: the first engine of a model class under a fresh cache root
-    # costs 8-12 s extra (STACK.md). Set before the cluster starts so every actor inherits it.
+    # costs 8-12 s extra (docs/platform.md). Set before the cluster starts so every actor inherits it.
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -21,7 +21,7 @@ def ray_cluster(_engine_env: None) -> Iterator[None]:
     import ray
 
     # Logical CPUs are a scheduling budget, not cores: 4 lets generators, a scorer and two
-    # train workers co-exist on a 2-core machine (STACK.md: they must add up).
+    # train workers co-exist on a 2-core machine (docs/platform.md: they must add up).
     # address="local": a fresh cluster even when another (`ray start`) runs on this machine.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield

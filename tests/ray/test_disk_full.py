@@ -29,8 +29,8 @@ def main(limit: str, *argv: str) -> None:
 
     real_connect = loop.connect
 
-    def connect_then_fill_the_disk(cfg, run_dir):
-        real_connect(cfg, run_dir)
+    def connect_then_fill_the_disk(cfg):
+        real_connect(cfg)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
 

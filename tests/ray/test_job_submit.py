@@ -1,5 +1,5 @@
 """`ray job submit` of the demo config against a separate `ray start --head` cluster, with Ray's
-token authentication left on (the CLI then needs RAY_AUTH_MODE=token: STACK.md)."""
+token authentication left on (the CLI then needs RAY_AUTH_MODE=token: docs/platform.md)."""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.config import load_config, replace
-from evolve_ray.core.refine import chat_prompt_ids, refine_user_turn
+from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.train.batching import build_examples, loss_terms
 from evolve_ray.train.job import TrainerError, TrainerGroup
 from evolve_ray.train.step import term_logps
-from evolve_ray.types import PreferencePair
+from tests.pairs import fact_pairs
 
 from .helpers import hf_greedy
 
@@ -36,30 +36,6 @@ FACTS = [
     ("10/2=", "5", "20"),
 ]
 STEPS = 24  # 8 examples, batch 4, 12 epochs
-
-
-def _pairs(cfg, round_: int) -> list[PreferencePair]:
-    out = []
-    for i, (q, good, bad) in enumerate(FACTS):
-        for kind, prompt in (("direct", q), ("refine", refine_user_turn(cfg.refinement.template, q, bad))):
-            out.append(
-                PreferencePair(
-                    prompt_id=f"p{i}",
-                    round=round_,
-                    kind=kind,
-                    question=q,
-                    prompt=prompt,
-                    chosen=good,
-                    rejected=bad,
-                    chosen_id=f"p{i}/c0/t1",
-                    rejected_id=f"p{i}/c0/t0",
-                    chosen_score=1.0,
-                    rejected_score=0.0,
-                    rule="reward",
-                    policy_version=round_,
-                )
-            )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +80,7 @@ def group(ray_cluster, cfg):
 
 def _timed_round(group: TrainerGroup, cfg, generators, round_: int) -> dict:
     t0 = time.perf_counter()
-    metrics = group.train_round(round_, _pairs(cfg, round_), generators)
+    metrics = group.train_round(round_, fact_pairs(FACTS, template=cfg.refinement.template, round_=round_), generators)
     log.warning(
         "round %d: %.1f s wall (worker group start %.1f s, train %.2f s, sync %.2f s)",
         round_,
@@ -129,7 +105,9 @@ def round1(round0, group, cfg, generators) -> dict:
 def _ref_chosen_logp(model_path: str, cfg, tokenizer, round_: int) -> float:
     """Mean log-prob of the direct chosen responses under `model_path`, computed here in-process."""
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    examples = build_examples(_pairs(cfg, round_), tokenizer, cfg.training)
+    examples = build_examples(
+        fact_pairs(FACTS, template=cfg.refinement.template, round_=round_), tokenizer, cfg.training
+    )
     with torch.no_grad():
         logps = term_logps(
             model,
@@ -150,10 +128,10 @@ def test_loss_falls_from_the_reference_point(round0) -> None:
     assert round0["train/reward_acc"] > 0.5
 
 
-def test_ranks_hold_identical_weights_after_every_step(round0) -> None:
-    a, b = round0["train/param_checksums"]
-    assert len(a) == STEPS and a == b
-    assert len(set(a)) == STEPS  # every step moved the weights
+def test_ranks_hold_identical_weights_before_and_after_the_round(round0) -> None:
+    a, b = round0["train/param_checksums"]  # per rank: (before the first step, after the last)
+    assert len(a) == 2 and a == b
+    assert a[0] != a[1]  # the round moved the weights
 
 
 def test_push_reaches_every_generator(round0, generators, cfg, tokenizer) -> None:
@@ -195,7 +173,7 @@ def test_checkpoint_loads_with_transformers(round1, cfg) -> None:
 
 def test_worker_error_surfaces_as_trainer_error(round1, group, cfg, generators) -> None:
     """Last in the module: the error ends the worker group (max_failures=0)."""
-    bad = _pairs(cfg, 2)
+    bad = fact_pairs(FACTS, template=cfg.refinement.template, round_=2)
     with pytest.raises(TrainerError, match="two direct pairs"):
         group.train_round(2, bad + bad[:1], generators)
 
@@ -211,9 +189,9 @@ def test_restarted_group_resumes_from_the_last_checkpoint(ray_cluster, cfg, toke
     g = TrainerGroup(rcfg, policy, tmp_path, policy)
     g.start()
     try:
-        m0 = g.train_round(0, _pairs(rcfg, 0), [])
+        m0 = g.train_round(0, fact_pairs(FACTS, template=rcfg.refinement.template, round_=0), [])
         os.kill(m0["train/worker_pids"][1], signal.SIGKILL)
-        m1 = g.train_round(1, _pairs(rcfg, 1), [])
+        m1 = g.train_round(1, fact_pairs(FACTS, template=rcfg.refinement.template, round_=1), [])
     finally:
         g.shutdown()
     assert not set(m1["train/worker_pids"]) & set(m0["train/worker_pids"])

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
+from evolve_ray.config import load_config
 from evolve_ray.engines.base import SamplingSpec
 from evolve_ray.engines.vllm_engine import VLLMEngine
+from evolve_ray.scoring import RewardModelScorer, conversation_ids
+from evolve_ray.types import Candidate, Prompt
 
 
 def test_seeded_requests_over_the_step_token_budget(tiny_models) -> None:
@@ -24,3 +30,24 @@ def test_seeded_requests_over_the_step_token_budget(tiny_models) -> None:
     first = engine.generate(prompts, spec, list(range(120)))
     assert len(first) == 120
     assert [o.token_ids for o in engine.generate(prompts, spec, list(range(120)))] == [o.token_ids for o in first]
+
+
+def test_both_scorer_backends_return_the_reward_models_raw_logit(tiny_models, tokenizer) -> None:
+    """One reward scale: the transformers and the vLLM scorer give the logit of the model's own
+    forward pass (not sigmoid(logit)), so selection thresholds mean the same on either backend."""
+    from transformers import AutoModelForSequenceClassification
+
+    prompts = [Prompt(f"p{i}", q) for i, q in enumerate(["12+34=", "what is 9+9?", "3+4="])]
+    batch = [(Candidate(p.id, 0, 0, f"{i} answer {i * 7}", None, 0, 0, "chain"), p) for i, p in enumerate(prompts)]
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_models["reward"])
+    with torch.no_grad():
+        forward = [
+            rm(torch.tensor([conversation_ids(tokenizer, p.question, c.text)])).logits[0, 0].item() for c, p in batch
+        ]
+    got = {}
+    for backend in ("transformers", "vllm"):
+        cfg = load_config(None, [f"scoring.backend={backend}", "scoring.micro_batch=2"])
+        got[backend] = [s.value for s in RewardModelScorer(cfg, str(tiny_models["reward"])).score(batch)]
+    assert got["transformers"] == pytest.approx(forward, abs=1e-5)
+    assert got["vllm"] == pytest.approx(forward, abs=1e-4)
+    assert [torch.sigmoid(torch.tensor(v)).item() for v in forward] != pytest.approx(forward, abs=1e-3)  # can fail

@@ -139,6 +139,15 @@ def test_cli_prompt_file_without_a_valid_row(tmp_path: Path, tiny_models) -> Non
     assert_one_line_error(r, "no valid prompt rows")
 
 
+def test_cli_vote_on_a_task_without_answers_is_refused_before_the_run(tmp_path: Path, tiny_models) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say hello {i}"}) + "\n" for i in range(8)))
+    r = _run(
+        tmp_path / "run", tiny_models, "data.task=file", f"data.path={prompts}", "run.eval_strategies=[chain,vote]"
+    )
+    assert_one_line_error(r, "strategy vote needs a task with checkable answers")
+
+
 def test_cli_checkpoint_without_safetensors(tmp_path: Path, tiny_models) -> None:
     """A pickle checkpoint (pytorch_model.bin) is refused: loading one can run arbitrary code."""
     import torch

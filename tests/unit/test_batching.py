@@ -19,27 +19,7 @@ from evolve_ray.train.batching import (
     plan_epoch,
     reference_chunks,
 )
-from evolve_ray.types import PreferencePair
-
-
-def _pair(
-    pid: str, kind: str, prompt: str = "What is 2+2?", chosen: str = "4", rejected: str = "five"
-) -> PreferencePair:
-    return PreferencePair(
-        prompt_id=pid,
-        round=0,
-        kind=kind,
-        question="What is 2+2?",
-        prompt=prompt,
-        chosen=chosen,
-        rejected=rejected,
-        chosen_id=f"{pid}/c0/t1",
-        rejected_id=f"{pid}/c0/t0",
-        chosen_score=1.0,
-        rejected_score=0.0,
-        rule="reward",
-        policy_version=0,
-    )
+from tests.pairs import make_pair
 
 
 def _cfg(**kw: object) -> TrainingConfig:
@@ -56,21 +36,21 @@ def test_loss_terms() -> None:
 
 def test_grouping_needs_every_term_and_sorts_by_prompt() -> None:
     pairs = [
-        _pair("b", "direct"),
-        _pair("b", "refine"),
-        _pair("a", "refine"),
-        _pair("a", "direct"),
-        _pair("c", "direct"),
+        make_pair("b", "direct"),
+        make_pair("b", "refine"),
+        make_pair("a", "refine"),
+        make_pair("a", "direct"),
+        make_pair("c", "direct"),
     ]
     groups = group_pairs(pairs, ("direct", "refine"))
     assert [g["direct"].prompt_id for g in groups] == ["a", "b"]  # c has no refine pair
     assert [g["direct"].prompt_id for g in group_pairs(pairs, ("direct",))] == ["a", "b", "c"]
     with pytest.raises(ValueError, match="two direct pairs"):
-        group_pairs([_pair("a", "direct"), _pair("a", "direct")], ("direct",))
+        group_pairs([make_pair("a", "direct"), make_pair("a", "direct")], ("direct",))
 
 
 def test_masks_mark_exactly_the_response_and_eos(tokenizer) -> None:
-    examples = build_examples([_pair("a", "direct", chosen="4", rejected="five")], tokenizer, _cfg(loss="dpo"))
+    examples = build_examples([make_pair("a", "direct", chosen="4", rejected="five")], tokenizer, _cfg(loss="dpo"))
     prompt = chat_prompt_ids(tokenizer, "What is 2+2?")
     batch = collate_term(examples, "direct", pad_id=tokenizer.pad_token_id)
     assert batch.input_ids.shape == (2, len(prompt) + 5)  # "five" + EOS is the longest row
@@ -88,7 +68,7 @@ def test_masks_mark_exactly_the_response_and_eos(tokenizer) -> None:
 
 def test_sft_collates_chosen_only(tokenizer) -> None:
     examples = build_examples(
-        [_pair("a", "direct"), _pair("a", "refine", prompt="fix: five")], tokenizer, _cfg(loss="sft")
+        [make_pair("a", "direct"), make_pair("a", "refine", prompt="fix: five")], tokenizer, _cfg(loss="sft")
     )
     assert set(examples[0].terms) == {"direct", "refine"}
     assert collate_term(examples, "refine", pad_id=0, with_rejected=False).input_ids.shape[0] == 1
@@ -104,7 +84,7 @@ def test_truncation_cuts_the_prompt_from_the_left_first() -> None:
 
 
 def test_truncated_example_respects_max_len(tokenizer) -> None:
-    long = _pair("a", "direct", prompt="x" * 300, chosen="y" * 20, rejected="z" * 30)
+    long = make_pair("a", "direct", prompt="x" * 300, chosen="y" * 20, rejected="z" * 30)
     (ex,) = build_examples([long], tokenizer, _cfg(loss="dpo", max_len=40))
     for seq in (ex.terms["direct"].chosen, ex.terms["direct"].rejected):
         assert len(seq.ids) == 40

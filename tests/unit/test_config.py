@@ -97,3 +97,32 @@ def test_cli_print_config_prints_resolved_yaml() -> None:
         check=True,
     )
     assert "beta: 0.25" in r.stdout
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("5e-5", 5e-5), ("1e-3", 1e-3), (".5", 0.5), ("3E+2", 300.0)])
+def test_floats_as_people_type_them(tmp_path, raw: str, expected: float) -> None:
+    cfg = load_config(None, [f"training.lr={raw}", f"selection.min_chosen_score=-{raw}"])
+    assert cfg.training.lr == expected and isinstance(cfg.training.lr, float)
+    assert cfg.selection.min_chosen_score == -expected  # an optional float field, negative
+    f = tmp_path / "x.yaml"
+    f.write_text(f"training:\n  lr: {raw}\nselection:\n  min_margin: {raw}\n")
+    assert load_config(f).training.lr == expected and load_config(f).selection.min_margin == expected
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "5e", "1e-3x", "e5"])
+def test_non_decimal_strings_stay_errors(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"training\.lr: expected a number"):
+        load_config(None, [f"training.lr={raw}"])
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [("sync.transport=nccl", "object_store and disk"), ("generation.strategy=vote", "evaluation strategy")],
+)
+def test_accepted_but_unbuilt_values_are_one_line_exit_2(item: str, needle: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "evolve_ray.cli", "print-config", "--set", item], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("evolve-ray: error: ") and needle in r.stderr
+    assert r.stderr.count("\n") == 1

@@ -14,7 +14,6 @@ SHELL = (
     "evolve_ray.train.worker",
     "evolve_ray.train.job",
     "evolve_ray.loop",
-    "evolve_ray.driver",
     "evolve_ray.cli",
     "evolve_ray.evaluation",
     "evolve_ray.fleet",
@@ -39,6 +38,11 @@ def test_pure_modules_import_neither_ray_nor_vllm() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert "evolve_ray.core.losses" in PURE and "evolve_ray.config" in PURE
     assert out == "", f"the first pure module that pulled in ray/vllm: {out}"
+
+
+def test_every_shell_entry_names_a_module() -> None:
+    names = {m.name for m in pkgutil.walk_packages(evolve_ray.__path__, "evolve_ray.")}
+    assert [s for s in SHELL if s not in names] == []
 
 
 def test_the_check_can_fail() -> None:

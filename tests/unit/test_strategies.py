@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from evolve_ray.core.strategies import GenRequest, expected_candidates, pick_final, plan_next
-from evolve_ray.types import Candidate, ScoredCandidate, candidate_id
+from evolve_ray.core.strategies import GenRequest, chain_grid, final_metrics, pick_final, pick_finals, plan_next
+from evolve_ray.tasks.arith import ArithTask
+from evolve_ray.types import Candidate, Prompt, ScoredCandidate, candidate_id
 
 P = "p7"
 
@@ -25,8 +26,9 @@ def _sc(chain: int, turn: int, score: float | None, text: str = "") -> ScoredCan
     ("strategy", "expected"),
     [("direct", 1), ("parallel", 4), ("chain", 3), ("parallel_chain", 12), ("vote", 12)],
 )
-def test_expected_candidates(strategy: str, expected: int) -> None:
-    assert expected_candidates(strategy, num_samples=4, turns=2) == expected  # type: ignore[arg-type]
+def test_grid_sizes(strategy: str, expected: int) -> None:
+    chains, per_chain = chain_grid(strategy, num_samples=4, turns=2)  # type: ignore[arg-type]
+    assert chains * per_chain == expected
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,8 @@ def test_planning_to_completion(strategy: str, waves: int) -> None:
         existing += [_cand(r.chain, r.turn) for r in reqs]
     assert plan_next(strategy, num_samples=3, turns=2, existing=existing, prompt_id=P) == []  # type: ignore[arg-type]
     assert len(existing) == len({c.id for c in existing})
-    assert len(existing) == expected_candidates(strategy, num_samples=3, turns=2)  # type: ignore[arg-type]
+    chains, per_chain = chain_grid(strategy, num_samples=3, turns=2)  # type: ignore[arg-type]
+    assert len(existing) == chains * per_chain
 
 
 def test_first_wave_of_chain_is_turn_zero_only() -> None:
@@ -111,3 +114,44 @@ def test_pick_final_vote_majority_and_tie_break() -> None:
     assert pick_final("vote", tie, extract_answer=answer).chain == 0
     # Default answer: the stripped text.
     assert pick_final("vote", [_sc(0, 0, None, "a"), _sc(1, 0, None, " b "), _sc(2, 0, None, "b")]).chain == 1
+
+
+def _scored(prompt_id: str, chain: int, turn: int, text: str, score: float | None, tokens: int) -> ScoredCandidate:
+    c = Candidate(prompt_id, chain, turn, text, None, policy_version=0, round=0, strategy="x", num_tokens=tokens)
+    return ScoredCandidate(c, score)
+
+
+def test_vote_takes_the_majority_where_the_first_chain_is_wrong_and_best_of_n_the_scorers_best() -> None:
+    """One arithmetic prompt (2+3=5), 3 chains of 2 turns. Chain 0 ends on 6 (wrong, and the
+    scorer's favourite), chains 1 and 2 end on 5: vote answers 5, best-of-N follows the scorer to 6,
+    the plain chain keeps chain 0's final. Tokens: 6 responses of 2 tokens = 12 per prompt."""
+    task = ArithTask()
+    prompt = Prompt("p", "2+3=", "5")
+    scored = [
+        _scored("p", 0, 0, "5", 0.1, 2),
+        _scored("p", 0, 1, "6", 0.9, 2),
+        _scored("p", 1, 0, "4", 0.2, 2),
+        _scored("p", 1, 1, "5", 0.4, 2),
+        _scored("p", 2, 0, "5", 0.3, 2),
+        _scored("p", 2, 1, "5", 0.5, 2),
+    ]
+    correct = {sc.candidate.id: task.verify(prompt, sc.candidate.text) for sc in scored}
+    results = {}
+    for strategy in ("chain", "parallel_chain", "vote"):
+        picks = pick_finals(strategy, scored, extract_answer=task.extract_answer)  # type: ignore[arg-type]
+        results[strategy] = (picks["p"].text, final_metrics(scored, picks, correct))
+    assert results["vote"][0] == "5" and results["vote"][1]["final_accuracy"] == 1.0
+    assert results["parallel_chain"][0] == "6" and results["parallel_chain"][1]["final_score"] == 0.9
+    assert results["parallel_chain"][1]["final_accuracy"] == 0.0
+    assert results["chain"][0] == "6"
+    assert all(m["tokens_per_prompt"] == 12.0 for _, m in results.values())
+
+
+def test_final_metrics_means_over_prompts_and_skips_invalid_scores() -> None:
+    scored = [_scored("a", 0, 0, "1", None, 3), _scored("b", 0, 0, "2", 0.5, 5)]
+    picks = pick_finals("direct", scored)
+    m = final_metrics(scored, picks, {"a/c0/t0": True, "b/c0/t0": False})
+    assert m == {"final_score": 0.5, "tokens_per_prompt": 4.0, "final_accuracy": 0.5}
+    assert "final_accuracy" not in final_metrics(scored, picks, None)
+    with pytest.raises(ValueError, match="no prompts"):
+        final_metrics([], {}, None)
