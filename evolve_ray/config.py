@@ -319,6 +319,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_FILE_ONLY = ("path", "format", "prompt_column", "answer_column")  # DataConfig fields only task=file reads
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field rules that a single field's type cannot express."""
     t = cfg.refinement.template
@@ -329,6 +332,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("training.gamma > 0 needs selection.keep_pairs=true (no keep pairs otherwise)")
     if cfg.data.task == "file" and not cfg.data.path:
         raise ConfigError("data.path: required when data.task=file")
+    if cfg.data.task != "file":  # a file setting under a built-in task would be silently ignored
+        for f in dataclasses.fields(DataConfig):
+            if f.name in _FILE_ONLY and getattr(cfg.data, f.name) != f.default:
+                raise ConfigError(
+                    f"data.{f.name} is set but data.task={cfg.data.task} does not read files; "
+                    f"set data.task=file to use it (or remove data.{f.name})"
+                )
     if cfg.sync.transport == "nccl" and not cfg.training.use_gpu:
         raise ConfigError("sync.transport=nccl needs training.use_gpu=true; use object_store or disk on CPU")
     if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
