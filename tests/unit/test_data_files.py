@@ -360,6 +360,6 @@ def test_a_file_where_no_row_parses_says_how_many_failed_and_where(tmp_path: Pat
     msg = str(e.value)
     assert "all 1 lines failed (invalid_json=1)" in msg and "first: line 1: invalid_json" in msg, msg
     assert "cannot detect" not in msg
-    path = write_jsonl(tmp_path / "two.jsonl", [b"", b"\"a string\"", b"{oops"])
+    path = write_jsonl(tmp_path / "two.jsonl", [b"", b'"a string"', b"{oops"])
     with pytest.raises(UserError, match=r"all 2 lines failed \(wrong_type=1, invalid_json=1\); first: line 2"):
         FileTask(str(path))
