@@ -24,6 +24,7 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
+from evolve_ray.console import route_actor_output, run_log
 from evolve_ray.core.stats import turn_stats
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import chain_scores, evaluate_prompts, mean
@@ -32,6 +33,8 @@ from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, write_report
 from evolve_ray.rundir import atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
+from evolve_ray.status import StatusWriter
+from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import Prompt
@@ -52,6 +55,7 @@ class Session:
     exporter: MetricsExporter
     task: Any
     state: dict[str, Any] = field(default_factory=dict)
+    generator_infos: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def generators(self) -> list[Any]:
@@ -248,11 +252,29 @@ def resume_run(run_dir: Path) -> Path:
 
 
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
+    status = StatusWriter(run_dir, rounds=cfg.run.rounds)
+    try:
+        with run_log(run_dir):
+            _drive_logged(cfg, run_dir, state, status)
+    except BaseException as e:
+        status.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
+        raise
+    status.close("finished")
+    return run_dir
+
+
+def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: StatusWriter) -> None:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
     connect(cfg, run_dir)
+    route_actor_output(run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
+    status.update(
+        state="running",
+        policy_version=_trained_rounds(run_dir, state),
+        generators=[f"{i['index']}:{i['backend']}" for i in s.generator_infos],
+    )
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
         ("collect", collect),
         ("train", train),
@@ -265,10 +287,13 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
                 if s.done(r, name):
                     continue
                 t = time.perf_counter()
-                log.info("round %d: %s", r, name)
+                status.update(round=r, stage=name)
                 metrics = fn(s, r)
                 metrics[f"time/{name}_s"] = time.perf_counter() - t
                 s.mark(r, name, metrics)
+                log.info(stage_line(r, name, metrics))
+                if "policy/version" in metrics:
+                    status.update(policy_version=int(metrics["policy/version"]))
             row = read_json(round_dir(run_dir, r) / "metrics.json") | {"round": r}
             row.setdefault("time/round_s", time.perf_counter() - t_round)
             append_row(run_dir, row)
@@ -276,7 +301,6 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
         log.info("run complete: %s (report.md, report.json, plots/)", run_dir)
     finally:
         s.close()
-    return run_dir
 
 
 def connect(cfg: Config, run_dir: Path) -> None:
@@ -289,14 +313,15 @@ def connect(cfg: Config, run_dir: Path) -> None:
         return
     # address="local": always a fresh cluster, even if RAY_ADDRESS or a `ray start` on this machine
     # (/tmp/ray/ray_current_cluster) would otherwise make ray.init join that one.
-    ray.init(
+    info = ray.init(
         address="local",
         num_cpus=c.num_cpus or None,
         include_dashboard=c.include_dashboard,
         dashboard_host=c.dashboard_host,
     )
     ctx = ray.get_runtime_context()
-    log.info("started a local Ray cluster (node %s); dashboard on %s", ctx.get_node_id()[:8], c.dashboard_host)
+    where = f"dashboard at http://{info.dashboard_url}" if info.dashboard_url else "no dashboard"
+    log.info("started a local Ray cluster (node %s); %s", ctx.get_node_id()[:8], where)
 
 
 def _engine_env(run_dir: Path) -> dict[str, str]:
@@ -325,7 +350,7 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     log.info("generators ready: %s", ", ".join(f"{i['index']}:{i['backend']}@v{i['version']}" for i in infos))
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state)
+    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state, infos)
 
 
 def _trained_rounds(run_dir: Path, state: dict) -> int:

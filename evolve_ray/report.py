@@ -16,7 +16,7 @@ from typing import Any
 
 from evolve_ray.metric_keys import GLOSSARY, explain, glossary_for
 from evolve_ray.rundir import atomic_write, read_json, write_json
-from evolve_ray.summary import MAX_COLUMNS, eval_quantity, fmt, headline, round_label, split_columns
+from evolve_ray.summary import MAX_COLUMNS, eval_quantity, fmt, headline, headline_text, round_label, split_columns
 
 REPORT_JSON = "report.json"
 _TURN = re.compile(r"^eval/turn_(\d+)_(score|accuracy)$")
@@ -254,6 +254,22 @@ def write_plots(run: Path, rows: list[dict[str, Any]]) -> list[Path]:
         ax.legend(fontsize=7)
     save(fig, "time_per_stage.png")
     return paths
+
+
+def closing_text(run: Path) -> str:
+    """What `demo` and `run` print when they end: the headline table, then where to read more."""
+    run = run.resolve()
+    plots = sorted((run / "plots").glob("*.png")) if (run / "plots").exists() else []
+    return "\n".join(
+        [
+            "",
+            headline_text(load_rows(run)),
+            "",
+            f"report: {run / 'report.md'} (and report.html)",
+            "plots:  " + ", ".join(str(p) for p in plots),
+            f"log:    {run / 'run.log'}",
+        ]
+    )
 
 
 def write_report(run: Path) -> Path:
