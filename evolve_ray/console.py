@@ -38,7 +38,9 @@ class _QuietFilter(logging.Filter):
     """The project's INFO and up, anyone's WARNING and up."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name.startswith("evolve_ray")
+        return record.levelno >= logging.WARNING or (
+            record.levelno >= logging.INFO and record.name.startswith("evolve_ray")
+        )
 
 
 class _QuietFormatter(logging.Formatter):

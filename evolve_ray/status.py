@@ -129,7 +129,7 @@ def format_status(run: Path, now: float | None = None) -> str:
         state += f": {st['error']}"
     lines.append(f"state: {state}")
     if st.get("round") is not None:
-        rounds = f" of {st['rounds']}" if st.get("rounds") else ""
+        rounds = f" (rounds 0-{st['rounds'] - 1})" if st.get("rounds") else ""
         where = f"round {st['round']}{rounds}"
         if st["running"] and st.get("stage"):
             where += f", stage {st['stage']}"

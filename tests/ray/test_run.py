@@ -154,3 +154,26 @@ def test_second_run_into_same_directory_is_refused(finished_run: Path, tiny_mode
 
     with pytest.raises(UserError, match="--resume"):
         loop.run(tiny_cfg(finished_run, tiny_models))
+
+
+def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path) -> None:
+    """Every key cluster/grafana_evolve_ray.json plots is one this run reported (turns beyond the
+    run's eval_turns by their pattern), under the name it has on the Prometheus endpoint."""
+    from evolve_ray.metric_keys import explain
+    from evolve_ray.metrics_export import prometheus_name
+    from tests.unit.test_deploy_files import dashboard_targets
+
+    keys = {k for row in load_rows(finished_run) for k in row}
+    patterns = {explain(k) for k in keys}
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    targets = [key for key, _ in dashboard_targets()]
+    for key in targets:
+        assert key in keys or explain(key) in patterns, key
+    wanted = {f"\nray_{prometheus_name(k)}{{" for k in targets if k in keys}
+    deadline, missing = time.time() + 60, wanted
+    while missing and time.time() < deadline:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        missing = {w for w in wanted if w not in body}
+        time.sleep(0 if not missing else 2)
+    assert wanted and not missing, sorted(missing)
