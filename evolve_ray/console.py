@@ -19,7 +19,6 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +71,56 @@ def _quiet_ray_logger() -> None:
             h.setLevel(logging.WARNING)
 
 
-def _write_actor_lines(path: Path, verbose: bool, data: dict[str, Any]) -> None:
-    """One batch of forwarded actor output: into run.log; an evolve_ray warning also to the console."""
-    who = data.get("actor_name") or data.get("task_name") or "worker"
-    prefix = f"({who} pid={data.get('pid')})"
-    with open(path, "a", encoding="utf-8", errors="replace") as f:
-        f.writelines(f"{prefix} {line}\n" for line in data.get("lines", []))
-    if not verbose:
-        for line in data.get("lines", []):
-            m = _ACTOR_WARNING.match(line)
-            if m:
-                print(f"{m.group(1)} {prefix} {m.group(2)}", file=sys.stderr)
+class _ActorLines:
+    """Ray's dispatcher handler: one batch of forwarded actor output into run.log; in quiet mode
+    an evolve_ray warning also goes to the console."""
+
+    def __init__(self, path: Path, verbose: bool) -> None:
+        self.path, self.verbose, self.writable = path, verbose, True
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        who = data.get("actor_name") or data.get("task_name") or "worker"
+        prefix = f"({who} pid={data.get('pid')})"
+        lines = data.get("lines", [])
+        if self.writable:
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="replace") as f:
+                    f.writelines(f"{prefix} {line}\n" for line in lines)
+            except OSError:  # a full disk: the run's own writes report it, as one line
+                self.writable = False
+        if not self.verbose:
+            for line in lines:
+                m = _ACTOR_WARNING.match(line)
+                if m:
+                    print(f"{m.group(1)} {prefix} {m.group(2)}", file=sys.stderr)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """run.log for driver records; after a failed write (a full disk) it goes silent instead of
+    printing logging's traceback for every record: the run's own writes report the disk."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                super().flush()
+            except (OSError, ValueError):
+                self.failed = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):  # the buffered lines of a failed write
+            if not self.failed:
+                raise
 
 
 def route_actor_output(run_dir: Path) -> None:
@@ -96,14 +134,14 @@ def route_actor_output(run_dir: Path) -> None:
     dispatcher.remove_handler(_HANDLER)
     if not _verbose:
         dispatcher.remove_handler("ray_print_logs")  # Ray's printer to stdout/stderr
-    dispatcher.add_handler(_HANDLER, partial(_write_actor_lines, run_dir / RUN_LOG, _verbose))
+    dispatcher.add_handler(_HANDLER, _ActorLines(run_dir / RUN_LOG, _verbose))
 
 
 @contextmanager
 def run_log(run_dir: Path) -> Iterator[Path]:
     """Every driver log record (the project's, Ray's, libraries') also goes to RUN/run.log."""
     path = run_dir / RUN_LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
     loggers = [logging.getLogger(), logging.getLogger("ray")]
     if not _verbose:

@@ -71,7 +71,10 @@ class StatusWriter:
         """Stop the heartbeat and record how the driver ended (finished, failed, interrupted)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self.update(state=state, ended_at=time.time(), error=error)
+        try:
+            self.update(state=state, ended_at=time.time(), error=error)
+        except OSError as e:  # a full disk must not hide the error that ended the run
+            log.debug("cannot record the final status: %s", e)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,10 +62,10 @@ def test_actor_lines_go_to_the_file_and_only_project_warnings_to_the_console(tmp
         "pid": 42,
         "lines": ["INFO 12-02 [inplace.py:91] Reloading weights inplace...", "WARNING:evolve_ray.x:disk nearly full"],
     }
-    console._write_actor_lines(tmp_path / "run.log", False, batch)
+    console._ActorLines(tmp_path / "run.log", False)(batch)
     assert (tmp_path / "run.log").read_text().count("(GeneratorActor pid=42) ") == 2
     assert capsys.readouterr().err == "WARNING (GeneratorActor pid=42) disk nearly full\n"
-    console._write_actor_lines(tmp_path / "run.log", True, batch)  # verbose: Ray's own printer shows them
+    console._ActorLines(tmp_path / "run.log", True)(batch)  # verbose: Ray's own printer shows them
     assert capsys.readouterr().err == ""
 
 
@@ -77,3 +77,16 @@ def test_quiet_filter_keeps_project_info_and_everyone_s_warnings() -> None:
 
     assert f.filter(rec("evolve_ray.loop", logging.INFO)) and f.filter(rec("ray.train", logging.WARNING))
     assert not f.filter(rec("ray.train", logging.INFO)) and not f.filter(rec("evolve_ray.loop", logging.DEBUG))
+
+
+def test_a_run_log_that_cannot_be_written_goes_silent(tmp_path: Path, capsys) -> None:
+    """A full disk: no logging traceback per record (the run's own writes report the disk)."""
+    lines = console._ActorLines(tmp_path / "no-such-dir" / "run.log", False)
+    lines({"pid": 1, "lines": ["x"]})
+    assert not lines.writable
+    handler = console._RunLogHandler(tmp_path / "run.log", encoding="utf-8")
+    handler.stream.close()  # every write now fails, as on a full disk
+    handler.emit(logging.LogRecord("evolve_ray", logging.INFO, "x.py", 1, "m", None, None))
+    handler.emit(logging.LogRecord("evolve_ray", logging.INFO, "x.py", 1, "m", None, None))
+    assert "Traceback" not in capsys.readouterr().err
+    handler.close()  # closing a failed handler raises nothing either
