@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from evolve_ray import console
 from evolve_ray.comparison import LR_GRID
 from evolve_ray.core.strategies import STRATEGIES
 from evolve_ray.errors import UserError
@@ -37,6 +38,14 @@ def _at_least(lo: int):
     return parse
 
 
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's, vLLM's and the actors' log lines too (always in RUN/run.log)",
+    )
+
+
 def cmd_print_config(args: argparse.Namespace) -> int:
     from evolve_ray.config import dump_yaml, load_config
 
@@ -56,21 +65,30 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from evolve_ray.config import load_config
     from evolve_ray.loop import resume_run, run
+    from evolve_ray.report import closing_text
 
     if args.resume:
-        resume_run(Path(args.resume))
+        print(closing_text(resume_run(Path(args.resume))))
         return 0
     sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
-    run(load_config(args.config, sets))
+    print(closing_text(run(load_config(args.config, sets))))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from evolve_ray.config import DEMO_SETS, load_config
     from evolve_ray.loop import run
+    from evolve_ray.report import closing_text
 
     sets = [*DEMO_SETS, *args.sets, f"run.out={args.out}"]
-    run(load_config(args.config, sets))  # the config defaults (+ DEMO_SETS) are the embedded demo
+    print(closing_text(run(load_config(args.config, sets))))  # the config defaults (+ DEMO_SETS) are the demo
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from evolve_ray.status import format_status, status_json
+
+    print(status_json(Path(args.run)) if args.json else format_status(Path(args.run)))
     return 0
 
 
@@ -153,22 +171,24 @@ def job_main(argv: list[str] | None = None) -> int:
     _config_args(ap)
     ap.add_argument("--out", help="run directory on storage the cluster keeps (overrides run.out)")
     ap.add_argument("--resume", metavar="RUN")
+    _verbose_arg(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(verbose=args.verbose)
 
     def go() -> int:
         import ray
 
         from evolve_ray.config import load_config
         from evolve_ray.loop import resume_run, run
+        from evolve_ray.report import closing_text
 
         sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
         cfg = None if args.resume else load_config(args.config, sets)  # errors before joining the cluster
         ray.init(address="auto")
         if cfg is None:
-            resume_run(Path(args.resume))
+            print(closing_text(resume_run(Path(args.resume))))
         else:
-            run(cfg)
+            print(closing_text(run(cfg)))
         return 0
 
     return _guarded(go)
@@ -215,6 +235,7 @@ def _guarded(fn) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="evolve-ray", description="EVOLVE self-refinement training on Ray.")
+    ap.set_defaults(verbose=False)  # commands without --verbose start no actors
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("print-config", help="print the resolved config")
@@ -231,12 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", help="run directory (overrides run.out)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed stage")
+    _verbose_arg(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="the built-in tiny demo on a local Ray cluster")
     _config_args(p)
     p.add_argument("--out", default="runs/demo")
+    _verbose_arg(p)
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("status", help="a run's state (running or not, round, stage, metrics), from its directory")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("eval", help="per-turn evaluation of a checkpoint on held-out prompts")
     _config_args(p)
@@ -250,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--turns", type=_at_least(0), default=3, help="K: refinement turns after the first answer (chain strategies)"
     )
     p.add_argument("--out", default="runs/eval")
+    _verbose_arg(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("reproduce", help="the paper's comparison on the built-in task: 8 arms x N seeds, tables")
@@ -262,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lrs", default=",".join(f"{x:g}" for x in LR_GRID), help="learning-rate grid each arm chooses from"
     )
+    _verbose_arg(p)
     p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")
@@ -285,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(verbose=args.verbose)
     return _guarded(lambda: args.fn(args))
 
 

@@ -352,6 +352,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_FILE_ONLY = ("path", "format", "prompt_column", "answer_column")  # DataConfig fields only task=file reads
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field rules that a single field's type cannot express."""
     t = cfg.refinement.template
@@ -378,6 +381,13 @@ def validate(cfg: Config) -> Config:
             "it makes no pairs): collect with parallel_chain (the same chains) and evaluate vote with "
             "run.eval_strategies or `evolve-ray eval --strategy vote`"
         )
+    if cfg.data.task != "file":  # a file setting under a built-in task would be silently ignored
+        for f in dataclasses.fields(DataConfig):
+            if f.name in _FILE_ONLY and getattr(cfg.data, f.name) != f.default:
+                raise ConfigError(
+                    f"data.{f.name} is set but data.task={cfg.data.task} does not read files; "
+                    f"set data.task=file to use it (or remove data.{f.name})"
+                )
     if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
         raise ConfigError("training.strategy=fsdp needs training.use_gpu=true; use ddp on CPU")
     for name in cfg.run.eval_strategies:

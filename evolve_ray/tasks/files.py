@@ -1,4 +1,4 @@
-"""Prompts read from a file (json array, jsonl, parquet) or a hub dataset, bad rows skipped and counted.
+"""Prompts read from a file (json array, jsonl, parquet, csv, tsv) or a hub dataset, bad rows skipped and counted.
 
 Row formats: chat (a `prompt` string, or `messages` whose first user turn is the prompt), alpaca
 (instruction + optional input; `output` is a reference, not checkable), gsm8k (question + an
@@ -7,7 +7,8 @@ when an answer column is named), auto (picked from the columns present).
 
 A row that cannot become a prompt is skipped and counted under one reason (`SKIP_REASONS`), with
 its line number in the log, so one bad line never costs the whole file. JSON is parsed here
-rather than by `datasets` for that reason; parquet files and hub ids go through `datasets`.
+rather than by `datasets` for that reason; parquet, csv and tsv files and hub ids go through `datasets`
+(csv/tsv: the first line names the columns, so row n is line n + 1).
 
 Splits: the valid rows are shuffled with the seed; the last `eval_prompts` form 'eval', the rest
 serve 'train' and 'round' in that order, wrapping around when exhausted. Pure module: no ray.
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("chat", "alpaca", "gsm8k", "columns")
 SPLITS = ("train", "round", "eval")
-SUFFIXES = (".json", ".jsonl", ".parquet")
+SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv")
+_DATASETS_BUILDERS = {".parquet": ("parquet", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"})}
 SKIP_REASONS = (
     "invalid_json",
     "non_utf8",
@@ -110,7 +112,7 @@ def _load_with_datasets(source: str, **kwargs: Any) -> list[tuple[int, Any]]:
 def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
     """The raw rows of `path` and the unit their numbers count ('line' for jsonl, else 'row').
 
-    `path` is a local .json/.jsonl/.parquet file, or else a hub dataset id, optionally
+    `path` is a local .json/.jsonl/.parquet/.csv/.tsv file, or else a hub dataset id, optionally
     "owner/name:config"; a hub dataset's 'train' split is read.
     """
     p = Path(path).expanduser()
@@ -119,11 +121,16 @@ def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
     if p.is_file():
         if p.suffix not in SUFFIXES:
             raise UserError(f"data.path {path}: unsupported file type {p.suffix!r}; use {', '.join(SUFFIXES)}")
-        if p.suffix == ".parquet":
+        if p.suffix in _DATASETS_BUILDERS:
+            builder, kwargs = _DATASETS_BUILDERS[p.suffix]
             try:
-                return _load_with_datasets("parquet", data_files=str(p)), "row"
+                rows = _load_with_datasets(builder, data_files=str(p), **kwargs)
             except Exception as e:  # arrow/datasets errors have no common base; any is a bad file
-                raise UserError(f"data.path {path}: not a readable parquet file: {str(e).splitlines()[0]}") from None
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise UserError(f"data.path {path}: not a readable {p.suffix[1:]} file: {first}") from None
+            if builder == "csv":  # the header is line 1
+                return [(n + 1, row) for n, row in rows], "line"
+            return rows, "row"
         data = p.read_bytes()
         if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             return _read_json_array(data, path), "row"
@@ -298,6 +305,9 @@ class FileTask:
             raise UserError(f"data.format: unknown {format!r}; valid: auto, {', '.join(FORMATS)}")
         self.source = path
         rows, unit = read_rows(path)
+        if not any(isinstance(row, dict) for _, row in rows):  # nothing to detect a format from
+            failures = [(reason, n, detail) for n, row in rows for reason, detail in [_failure(row)]]
+            raise UserError(_no_valid_rows(path, unit, format, failures))
         if format == "auto":
             columns = {k for _, row in rows if isinstance(row, dict) for k in row}
             format = detect_format(columns, prompt_column)
@@ -308,8 +318,7 @@ class FileTask:
         self.skipped: dict[str, int] = dict(Counter(reason for reason, _, _ in failures))
         _log_skips(path, unit, failures, len(valid))
         if not valid:
-            counts = ", ".join(f"{r}={c}" for r, c in self.skipped.items()) or "the input has no rows"
-            raise UserError(f"{path}: no valid prompt rows (format {format}; skipped: {counts})")
+            raise UserError(_no_valid_rows(path, unit, format, failures))
         random.Random(seed).shuffle(valid)
         k = min(eval_prompts, len(valid) - 1)
         if k < eval_prompts:
@@ -343,6 +352,25 @@ class FileTask:
 
     def verify(self, prompt: Prompt, text: str) -> bool:
         return self.verifiable and numbers_equal(text, prompt.answer)
+
+
+def _failure(row: Any) -> tuple[str, str]:
+    """(reason, detail) of a raw row that is not an object."""
+    if isinstance(row, BadRow):
+        return row.reason, str(row)
+    return "wrong_type", f"row is {type(row).__name__}, expected an object"
+
+
+def _no_valid_rows(source: str, unit: str, fmt: str, failures: list[tuple[str, int, str]]) -> str:
+    """One line: how many rows failed, per reason, and the first failing one with why."""
+    if not failures:
+        return f"{source}: no valid prompt rows (the input has no rows)"
+    counts = ", ".join(f"{r}={c}" for r, c in Counter(r for r, _, _ in failures).items())
+    reason, n, detail = min(failures, key=lambda f: f[1])
+    return (
+        f"{source}: no valid prompt rows (format {fmt}): all {len(failures)} {unit}s failed ({counts}); "
+        f"first: {unit} {n}: {reason}: {detail}"
+    )
 
 
 def _log_skips(source: str, unit: str, failures: list[tuple[str, int, str]], loaded: int) -> None:

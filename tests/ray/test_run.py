@@ -211,7 +211,7 @@ def test_second_run_into_same_directory_is_refused(finished_run: Path, tiny_mode
 
 
 def test_strategy_comparison_in_the_last_round_and_report(finished_run: Path) -> None:
-    rows = load_rows(finished_run)
+    rows = [r for r in load_rows(finished_run) if r["round"] >= 0]
     assert not any(k.startswith("strategy/") for k in rows[0])  # only at the end of the run by default
     for name in STRATEGIES_COMPARED:
         for q in ("accuracy", "score", "tokens_per_prompt"):
@@ -250,3 +250,26 @@ def test_eval_cli_vote(finished_run: Path, tiny_models, tmp_path: Path, capsys) 
         picked = task.extract_answer(group.loc[group["final"], "text"].iloc[0])
         counts = {a: answers.count(a) for a in answers if a is not None}
         assert picked is None and not counts or counts[picked] == max(counts.values())
+
+
+def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path) -> None:
+    """Every key cluster/grafana_evolve_ray.json plots is one this run reported (turns beyond the
+    run's eval_turns by their pattern), under the name it has on the Prometheus endpoint."""
+    from evolve_ray.metric_keys import explain
+    from evolve_ray.metrics_export import prometheus_name
+    from tests.unit.test_deploy_files import dashboard_targets
+
+    keys = {k for row in load_rows(finished_run) for k in row}
+    patterns = {explain(k) for k in keys}
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    targets = [key for key, _ in dashboard_targets()]
+    for key in targets:
+        assert key in keys or explain(key) in patterns, key
+    wanted = {f"\nray_{prometheus_name(k)}{{" for k in targets if k in keys}
+    deadline, missing = time.time() + 60, wanted
+    while missing and time.time() < deadline:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        missing = {w for w in wanted if w not in body}
+        time.sleep(0 if not missing else 2)
+    assert wanted and not missing, sorted(missing)

@@ -160,3 +160,19 @@ def test_cli_checkpoint_without_safetensors(tmp_path: Path, tiny_models) -> None
     r = _run(tmp_path / "run", tiny_models, f"model.policy={pickled}")
     line = assert_one_line_error(r, "has no *.safetensors weights (pytorch_model.bin)")
     assert "model.policy" in line
+
+
+def test_cli_data_path_under_a_built_in_task_is_refused(tmp_path: Path) -> None:
+    """Without data.task=file the built-in task would run and the file be ignored (exit 0)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    r = run_cli("run", "--out", str(tmp_path / "run"), "--set", f"data.path={prompts}")
+    line = assert_one_line_error(r, "data.path is set but data.task=arith does not read files")
+    assert "set data.task=file" in line
+
+
+@pytest.mark.parametrize("item", ["data.format=chat", "data.prompt_column=q", "data.answer_column=a"])
+def test_file_only_settings_under_a_built_in_task_are_refused(item: str) -> None:
+    with pytest.raises(ConfigError, match=f"data.{item.split('.')[1].split('=')[0]} is set but data.task=arith"):
+        load_config(None, [item])
+    load_config(None, [item, "data.task=file", "data.path=x.jsonl"])  # the same setting with a file: fine

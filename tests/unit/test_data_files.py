@@ -335,3 +335,31 @@ def test_make_task_builds_each_task(fifty: Path) -> None:
     assert isinstance(task, FileTask) and task.skipped == {"too_long": 1}
     with pytest.raises(UserError, match="unknown task 'poetry'; valid: arith, file"):
         make_task(DataConfig(task="poetry"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The input traps of issue #16: each one clear line, or it works
+
+
+def test_csv_and_tsv_prompt_files_read_through_datasets(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text('id,question,answer\nq1,"What is 2+3, in digits?",#### 5\nq2,1+1?,#### 2\n')
+    (tmp_path / "p.tsv").write_text("id\tprompt\nt1\tHello there\nt2\t\n")
+    csv_task = FileTask(str(tmp_path / "p.csv"), eval_prompts=0)
+    assert csv_task.format == "gsm8k" and csv_task.verifiable
+    by_id = {p.id: p for p in all_prompts(csv_task)}
+    assert by_id["q1"].question == "What is 2+3, in digits?" and by_id["q1"].answer == "5"
+    tsv_task = FileTask(str(tmp_path / "p.tsv"), eval_prompts=0)
+    assert [p.question for p in all_prompts(tsv_task)] == ["Hello there"]
+    assert tsv_task.skipped == {"missing_field": 1}  # line 3: an empty cell reads as no value
+
+
+def test_a_file_where_no_row_parses_says_how_many_failed_and_where(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "one.jsonl", [b"this is not json"])
+    with pytest.raises(UserError) as e:
+        FileTask(str(path))
+    msg = str(e.value)
+    assert "all 1 lines failed (invalid_json=1)" in msg and "first: line 1: invalid_json" in msg, msg
+    assert "cannot detect" not in msg
+    path = write_jsonl(tmp_path / "two.jsonl", [b"", b'"a string"', b"{oops"])
+    with pytest.raises(UserError, match=r"all 2 lines failed \(wrong_type=1, invalid_json=1\); first: line 2"):
+        FileTask(str(path))

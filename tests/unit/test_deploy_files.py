@@ -67,3 +67,23 @@ def test_kuberay_manifests(name: str) -> None:
 def test_runtime_env_parses() -> None:
     env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
     assert env["working_dir"] == "." and ".venv" in env["excludes"]
+
+
+def dashboard_targets() -> list[tuple[str, str]]:
+    """(report key, PromQL) of every series the Grafana dashboard plots; the legend names the key."""
+    doc = json.loads((ROOT / "cluster" / "grafana_evolve_ray.json").read_text())
+    return [(t["legendFormat"].split(" ")[0], t["expr"]) for p in doc["panels"] for t in p["targets"]]
+
+
+def test_grafana_dashboard_plots_documented_keys_under_their_exported_names() -> None:
+    from evolve_ray.metric_keys import explain
+    from evolve_ray.metrics_export import prometheus_name
+
+    doc = json.loads((ROOT / "cluster" / "grafana_evolve_ray.json").read_text())
+    assert doc["uid"] and doc["panels"] and {v["name"] for v in doc["templating"]["list"]} == {"datasource", "run"}
+    targets = dashboard_targets()
+    assert len(targets) >= 10 and "eval/turn_1_accuracy" in dict(targets)
+    for key, expr in targets:
+        assert explain(key) is not None, key  # a key the loop exports (the glossary lists them)
+        # Ray's metrics agent prefixes application gauges with "ray_" on the Prometheus endpoint.
+        assert expr == f'ray_{prometheus_name(key)}{{run=~"$run"}}', expr

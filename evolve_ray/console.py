@@ -1,0 +1,156 @@
+"""What the console shows, and the run's log file.
+
+Quiet by default: the project's own INFO lines (one per stage, with its key figures), progress
+bars, and warnings from anywhere. Everything else (Ray's info lines, and every line the actors
+print: vLLM's engine logs, Ray Train's per-rank "Reporting training result" dicts, library
+warnings, tracebacks a Ray Train helper prints while the cluster shuts down) goes to RUN/run.log
+only. `--verbose` prints it all as well. An entry point chooses once with `setup()`; code that
+never calls it (tests, library use) keeps Python's and Ray's defaults, and still gets run.log.
+
+Actor output reaches the driver through Ray's log forwarding (`ray.init(log_to_driver=True)`):
+its stream dispatcher is where the lines are routed, to the file and, in verbose mode, to Ray's
+own printer too. No ray import at module level (the pure layers import this module's users).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+RUN_LOG = "run.log"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_HANDLER = "evolve_ray_run_log"  # our name in Ray's stream dispatcher
+# An actor's own warnings (Python's default format in a worker: "WARNING:evolve_ray.x:...") still
+# need the user's eye in quiet mode.
+_ACTOR_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL):evolve_ray[\w.]*:(.*)$")
+
+_verbose = True  # until an entry point calls setup()
+_quiet_console: logging.Handler | None = None
+
+
+class _QuietFilter(logging.Filter):
+    """The project's INFO and up, anyone's WARNING and up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or (
+            record.levelno >= logging.INFO and record.name.startswith("evolve_ray")
+        )
+
+
+class _QuietFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname} "
+        return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
+
+
+def setup(*, verbose: bool, level: str = "INFO") -> None:
+    """Configure the process's console once, at an entry point."""
+    global _verbose, _quiet_console
+    _verbose = verbose
+    if verbose:
+        logging.basicConfig(level=level, format=_FORMAT)
+        return
+    root = logging.getLogger()
+    root.setLevel(level)
+    _quiet_console = logging.StreamHandler(sys.stderr)
+    _quiet_console.addFilter(_QuietFilter())
+    _quiet_console.setFormatter(_QuietFormatter())
+    root.addHandler(_quiet_console)
+
+
+def _quiet_ray_logger() -> None:
+    # Ray's "ray" logger prints through its own handler and does not propagate: keep its
+    # warnings on the console, send its info lines ("Started a local Ray instance", ...) to run.log.
+    for h in logging.getLogger("ray").handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.WARNING)
+
+
+class _ActorLines:
+    """Ray's dispatcher handler: one batch of forwarded actor output into run.log; in quiet mode
+    an evolve_ray warning also goes to the console."""
+
+    def __init__(self, path: Path, verbose: bool) -> None:
+        self.path, self.verbose, self.writable = path, verbose, True
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        who = data.get("actor_name") or data.get("task_name") or "worker"
+        prefix = f"({who} pid={data.get('pid')})"
+        lines = data.get("lines", [])
+        if self.writable:
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="replace") as f:
+                    f.writelines(f"{prefix} {line}\n" for line in lines)
+            except OSError:  # a full disk: the run's own writes report it, as one line
+                self.writable = False
+        if not self.verbose:
+            for line in lines:
+                m = _ACTOR_WARNING.match(line)
+                if m:
+                    print(f"{m.group(1)} {prefix} {m.group(2)}", file=sys.stderr)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """run.log for driver records; after a failed write (a full disk) it goes silent instead of
+    printing logging's traceback for every record: the run's own writes report the disk."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                super().flush()
+            except (OSError, ValueError):
+                self.failed = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):  # the buffered lines of a failed write
+            if not self.failed:
+                raise
+
+
+def route_actor_output(run_dir: Path) -> None:
+    """Send the actors' forwarded output to RUN/run.log (and, verbose, to the console as Ray does).
+
+    Call after ray.init. The handler stays until the next run replaces it: lines Ray forwards
+    while the cluster shuts down still land in the file, not on the console.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler(_HANDLER)
+    if not _verbose:
+        dispatcher.remove_handler("ray_print_logs")  # Ray's printer to stdout/stderr
+    dispatcher.add_handler(_HANDLER, _ActorLines(run_dir / RUN_LOG, _verbose))
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[Path]:
+    """Every driver log record (the project's, Ray's, libraries') also goes to RUN/run.log."""
+    path = run_dir / RUN_LOG
+    handler = _RunLogHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    loggers = [logging.getLogger(), logging.getLogger("ray")]
+    if not _verbose:
+        _quiet_ray_logger()  # before ray.init: its "Started a local Ray instance" line goes to the file
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield path
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()

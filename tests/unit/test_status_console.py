@@ -1,0 +1,92 @@
+"""`evolve-ray status` from the run directory alone, and the quiet console's routing rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from evolve_ray import console
+from evolve_ray.errors import UserError
+from evolve_ray.report import append_row
+from evolve_ray.rundir import round_dir, write_json
+from evolve_ray.status import STALE_AFTER_S, StatusWriter, format_status, read_status
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    (tmp_path / "config.yaml").write_text("run:\n  rounds: 2\n")
+    return tmp_path
+
+
+def test_status_of_a_running_run_then_a_finished_one(run: Path) -> None:
+    w = StatusWriter(run, rounds=2)
+    try:
+        w.update(state="running", generators=["0:vllm", "1:vllm"], policy_version=1)
+        w.update(round=1, stage="train")
+        write_json(run / "state.json", {"last": {"round": 1, "stage": "collect"}})
+        write_json(round_dir(run, 1) / "metrics.json", {"pairs/count": 7.0, "gen/prompts": 8.0, "time/collect_s": 2.0})
+        append_row(run, {"round": 0, "eval/turn_0_accuracy": 0.5, "eval/turn_1_accuracy": 0.25, "pairs/count": 6.0})
+        text = format_status(run)
+        assert read_status(run)["running"]
+    finally:
+        w.close("finished")
+    assert "state: running (pid" in text
+    assert "at: round 1 (rounds 0-1), stage train (last completed: collect of round 1)" in text
+    assert "policy version: 1" in text and "generators: 2 (0:vllm, 1:vllm)" in text
+    assert "round 1 collect: 8 prompts, - candidates, 7 pairs" in text  # the current round's finished stage
+    assert "0                0.500   0.250" in text  # the headline of finished rounds
+    done = format_status(run)
+    assert "state: finished" in done and ", stage" not in done and not read_status(run)["running"]
+
+
+def test_a_driver_that_stopped_beating_reads_as_stopped_with_the_resume_hint(run: Path) -> None:
+    w = StatusWriter(run, rounds=2)
+    w._stop.set()  # the heartbeat thread ends as if the driver were killed; status.json says running
+    w.update(state="running", round=0, stage="collect")
+    st = read_status(run, now=json.loads((run / "status.json").read_text())["heartbeat_at"] + STALE_AFTER_S + 1)
+    assert st["state"] == "stopped" and not st["running"]
+    assert "evolve-ray run --resume" in format_status(run, now=st["heartbeat_at"] + STALE_AFTER_S + 1)
+
+
+def test_status_of_a_directory_that_is_no_run_is_one_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is not a run directory"):
+        format_status(tmp_path)
+
+
+def test_actor_lines_go_to_the_file_and_only_project_warnings_to_the_console(tmp_path: Path, capsys) -> None:
+    batch = {
+        "actor_name": "GeneratorActor",
+        "pid": 42,
+        "lines": ["INFO 12-02 [inplace.py:91] Reloading weights inplace...", "WARNING:evolve_ray.x:disk nearly full"],
+    }
+    console._ActorLines(tmp_path / "run.log", False)(batch)
+    assert (tmp_path / "run.log").read_text().count("(GeneratorActor pid=42) ") == 2
+    assert capsys.readouterr().err == "WARNING (GeneratorActor pid=42) disk nearly full\n"
+    console._ActorLines(tmp_path / "run.log", True)(batch)  # verbose: Ray's own printer shows them
+    assert capsys.readouterr().err == ""
+
+
+def test_quiet_filter_keeps_project_info_and_everyone_s_warnings() -> None:
+    f = console._QuietFilter()
+
+    def rec(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, "x.py", 1, "m", None, None)
+
+    assert f.filter(rec("evolve_ray.loop", logging.INFO)) and f.filter(rec("ray.train", logging.WARNING))
+    assert not f.filter(rec("ray.train", logging.INFO)) and not f.filter(rec("evolve_ray.loop", logging.DEBUG))
+
+
+def test_a_run_log_that_cannot_be_written_goes_silent(tmp_path: Path, capsys) -> None:
+    """A full disk: no logging traceback per record (the run's own writes report the disk)."""
+    lines = console._ActorLines(tmp_path / "no-such-dir" / "run.log", False)
+    lines({"pid": 1, "lines": ["x"]})
+    assert not lines.writable
+    handler = console._RunLogHandler(tmp_path / "run.log", encoding="utf-8")
+    handler.stream.close()  # every write now fails, as on a full disk
+    handler.emit(logging.LogRecord("evolve_ray", logging.INFO, "x.py", 1, "m", None, None))
+    handler.emit(logging.LogRecord("evolve_ray", logging.INFO, "x.py", 1, "m", None, None))
+    assert "Traceback" not in capsys.readouterr().err
+    handler.close()  # closing a failed handler raises nothing either
