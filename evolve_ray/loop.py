@@ -265,7 +265,7 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
     s = _start_session(cfg, run_dir, models, task, state)
     status.update(
         state="running",
-        policy_version=_trained_rounds(run_dir, state),
+        policy_version=_trained_rounds(state),
         generators=[f"{i['index']}:{i['backend']}" for i in s.generator_infos],
     )
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [

@@ -93,7 +93,7 @@ def read_status(run: Path, now: float | None = None) -> dict[str, Any]:
         raise UserError(f"{run} is not a run directory (no config.yaml)")
     now = time.time() if now is None else now
     doc = read_json(run / STATUS_FILE) if (run / STATUS_FILE).is_file() else {}
-    state = read_json(run / "state.json") if (run / "state.json").is_file() else {"last": None}
+    state: dict[str, Any] = read_json(run / "state.json") if (run / "state.json").is_file() else {"last": None}
     out: dict[str, Any] = dict(doc)
     out["last_completed"] = state.get("last")
     age = now - doc["heartbeat_at"] if doc else None
@@ -147,7 +147,7 @@ def format_status(run: Path, now: float | None = None) -> str:
         lines.append(f"wall time: {_duration(st['wall_s'])}")
     m, r = st["round_metrics"], st.get("round")
     finished_rows = {row["round"] for row in st["rows"]}
-    if m and r not in finished_rows:
+    if m and r is not None and r not in finished_rows:
         lines += [stage_line(r, s, m) for s in STAGES if f"time/{s}_s" in m]
     lines += ["", headline_text(st["rows"])]
     return "\n".join(lines)

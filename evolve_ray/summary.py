@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MAX_COLUMNS = 8  # the widest table a person reads at a glance; wider ones are split
@@ -23,7 +23,7 @@ def round_label(round_: int) -> str:
     return "start" if round_ < 0 else str(round_)
 
 
-def eval_quantity(rows: list[Mapping[str, Any]]) -> str:
+def eval_quantity(rows: Sequence[Mapping[str, Any]]) -> str:
     """'accuracy' when any row has a verifier's per-turn accuracy, else 'score' (reward model)."""
     return "accuracy" if any(_turns(r, "accuracy") for r in rows) else "score"
 
@@ -53,7 +53,7 @@ def _shares(row: Mapping[str, Any], quantity: str) -> str:
     return f"{fmt(up)} / {fmt(down)}"
 
 
-def headline(rows: list[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def headline(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(column names, one list of cells per row) of the headline table, rows in round order."""
     quantity = eval_quantity(rows)
     last_turn = max((t for r in rows for t in _turns(r, quantity)), default=0)
@@ -96,7 +96,7 @@ def text_table(names: list[str], cells: list[list[str]]) -> str:
     return "\n".join(line(row).rstrip() for row in [names, *cells])
 
 
-def headline_text(rows: list[Mapping[str, Any]]) -> str:
+def headline_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """The headline for the console: a title line, then the table (split when wide)."""
     if not rows:
         return "no round has finished yet"
