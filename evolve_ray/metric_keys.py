@@ -12,13 +12,19 @@ import re
 GLOSSARY: tuple[tuple[str, str], ...] = (
     ("eval/turn_k_accuracy", "held-out share answered correctly at turn k (the verifier's verdict)"),
     ("eval/turn_k_score", "held-out mean reward-model score at turn k"),
-    ("eval/turn_k_mean_length", "held-out mean response length at turn k (tokens)"),
+    ("eval/turn_k_mean_tokens", "held-out mean response length at turn k (tokens): length drift"),
     ("eval/acc_turn_k_improved_frac", "share of held-out prompts turn k fixed (wrong at k-1, right at k)"),
     ("eval/acc_turn_k_degraded_frac", "share of held-out prompts turn k broke (right at k-1, wrong at k)"),
     ("eval/acc_turn_k_unchanged_frac", "share of held-out prompts whose correctness turn k kept"),
     ("eval/turn_k_improved_frac", "share of held-out prompts whose score rose from turn k-1 to k"),
     ("eval/turn_k_degraded_frac", "share of held-out prompts whose score fell from turn k-1 to k"),
     ("eval/turn_k_unchanged_frac", "share of held-out prompts whose score stayed within the tie tolerance"),
+    ("eval/final_accuracy", "`evolve-ray eval`: share of prompts whose picked final answer is right"),
+    ("eval/final_score", "`evolve-ray eval`: mean score of the picked final answers"),
+    ("eval/tokens_per_prompt", "`evolve-ray eval`: every generated token per prompt"),
+    ("strategy/<name>_accuracy", "run.eval_strategies: share of prompts the strategy's picked answer gets right"),
+    ("strategy/<name>_score", "run.eval_strategies: mean score of the strategy's picked answers"),
+    ("strategy/<name>_tokens_per_prompt", "run.eval_strategies: the strategy's generated tokens per prompt"),
     ("eval/direct_score", "held-out mean score of the direct answer (= eval/turn_0_score)"),
     ("eval/prompts", "held-out prompts evaluated"),
     ("eval/tokens", "tokens generated during evaluation"),
@@ -26,9 +32,14 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("refine/turn_k_improved_frac", "share of the round's chains whose score rose from turn k-1 to k"),
     ("refine/turn_k_degraded_frac", "share of the round's chains whose score fell from turn k-1 to k"),
     ("refine/turn_k_unchanged_frac", "share of the round's chains whose score stayed within the tie tolerance"),
+    ("refine/turn_k_accuracy", "share of the round's collected chains right at turn k (the verifier's verdict)"),
+    ("refine/acc_turn_k_improved_frac", "share of the round's chains turn k fixed (wrong at k-1, right at k)"),
+    ("refine/acc_turn_k_degraded_frac", "share of the round's chains turn k broke (right at k-1, wrong at k)"),
+    ("refine/acc_turn_k_unchanged_frac", "share of the round's chains whose correctness turn k kept"),
     ("refine/improved_frac", "refine/turn_k_improved_frac averaged over turns"),
     ("refine/degraded_frac", "refine/turn_k_degraded_frac averaged over turns"),
     ("gen/prompts", "prompts drawn for the round"),
+    ("gen/turn_k_mean_tokens", "mean response length at turn k of the round's collected chains (tokens)"),
     ("gen/tokens", "tokens generated while collecting"),
     ("gen/tokens_per_s", "collection throughput: tokens over the slowest generator's seconds"),
     ("gen/seconds", "seconds a generator spent generating"),
@@ -47,7 +58,6 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("pairs/count", "preference pairs collected (all kinds)"),
     ("pairs/prompts_with_pairs", "prompts that gave at least one pair"),
     ("pairs/margin_mean", "mean score margin chosen - rejected of the direct pairs"),
-    ("pairs/rm_chosen_wrong_frac", "share of pairs whose chosen answer the verifier calls wrong"),
     ("pairs/chosen_wrong_frac", "share of pairs whose chosen answer the verifier calls wrong"),
     ("pairs/dropped_<reason>", "prompts that gave no pair, by reason (tie, below_margin, ...)"),
     ("train/loss", "mean training loss over the round's steps"),
@@ -90,7 +100,12 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
 
 
 def _regex(pattern: str) -> re.Pattern[str]:
-    body = re.escape(pattern).replace("turn_k", r"turn_\d+").replace("<reason>", r"[a-z0-9_]+")
+    body = (
+        re.escape(pattern)
+        .replace("turn_k", r"turn_\d+")
+        .replace("<reason>", r"[a-z0-9_]+")
+        .replace("<name>", r"[a-z_]+")
+    )
     return re.compile(f"^{body}$")
 
 

@@ -25,14 +25,17 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from evolve_ray.config import DEMO_REFINE_TEMPLATE, TrainingConfig
-from evolve_ray.models.loading import load_policy
+from evolve_ray.models.loading import load_policy, load_reward
 from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer, save
 from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.warmstart import SHIPPED
+from evolve_ray.types import Prompt
+from evolve_ray.warmstart import PARTS, SHIPPED
 from evolve_ray.warmstart.data import reward_rows, reward_triples, sft_pairs
 from evolve_ray.warmstart.train import (
     chain_eval,
+    direct_accuracy,
     generate,
+    refinement_probe,
     reward_agreement,
     reward_pair_accuracy,
     train_reward,
@@ -52,15 +55,40 @@ class WarmStartSpec:
     train_prompts: int = 4800
     eval_prompts: int = 400
     seed: int = 0
-    # One SFT schedule of `epochs`; the warm start is its snapshot after `warm_epochs` (partial
-    # skill), the end of the run is the teacher the reward model starts from.
+    # Stage 1a: SR-aware SFT of a fresh policy on one schedule of `epochs` (synthetic errors). The
+    # policy parts stop where greedy direct accuracy on the validation prompts first reaches
+    # `stage_a_target` (checked every `stage_a_check` steps): the steep part of the learning curve
+    # is crossed at a measured point, not at a guessed epoch. The teacher the reward model starts
+    # from runs the whole schedule.
     sft: dict[str, Any] = field(
         default_factory=lambda: dict(
             loss="sft", lr=3e-3, lr_schedule="cosine", warmup_steps=20, batch_size=64, epochs=14, max_len=128
         )
     )
-    warm_epochs: int = 5
+    stage_a_target: float = 0.5
+    stage_a_check: int = 25
     keep_share: float = 0.0
+    # Stage 1b: from that snapshot, SR-aware SFT that also teaches keeping a right answer and
+    # fixing the model's own errors, at a constant learning rate, until two measured targets hold
+    # on `val_prompts` round-split prompts (checked every `check_every` steps): greedy direct
+    # accuracy >= `target_direct_accuracy`, and shown a correct answer, the refinement turn keeps
+    # it >= `target_keep_rate` of the time. The stop is measured, so the warm start's skill does
+    # not hinge on an epoch count; the direct target leaves the rounds room to improve (trained
+    # on, the same recipe converges near 0.92).
+    refine: dict[str, Any] = field(
+        default_factory=lambda: dict(
+            keep_share=0.5,
+            own_share=0.5,
+            lr=1e-3,
+            target_direct_accuracy=0.78,
+            target_keep_rate=0.85,
+            check_every=10,
+            max_epochs=3,
+            val_prompts=300,
+            val_offset=1310,
+            seed=1,
+        )
+    )
     rm_epochs: int = 30
     rm_lr: float = 3e-4
     rm_batch: int = 32
@@ -71,29 +99,114 @@ def _sft_config(spec: WarmStartSpec, *, refine_weight: float) -> TrainingConfig:
     return TrainingConfig(**spec.sft, sft_refine_weight=refine_weight, seed=spec.seed)  # type: ignore[arg-type]
 
 
-def sft_policy(spec: WarmStartSpec, out: Path, *, refine_weight: float, full: bool) -> torch.nn.Module:
-    """Stage-1 SFT of a fresh policy; its snapshot after spec.warm_epochs is saved to `out`.
+# The spec fields each part's weights depend on (a part is kept only if its fields are unchanged).
+_COMMON = ("policy", "template", "task_seed", "train_prompts", "seed", "sft")
+PART_FIELDS = {
+    "policy": (*_COMMON, "stage_a_target", "stage_a_check", "keep_share", "refine"),
+    "policy_direct_only": (*_COMMON, "stage_a_target", "stage_a_check", "keep_share", "refine"),
+    "reward": (*_COMMON, "eval_prompts", "rm_epochs", "rm_lr", "rm_batch", "rm_wrong_per_prompt"),
+}
 
-    full: go on to the end of the schedule and return that model (the teacher); else stop.
+
+def validation_prompts(spec: WarmStartSpec) -> list[Prompt]:
+    """The warm start's stopping measurements use round-split prompts from the end of the split's
+    order, never the evaluation split."""
+    r = spec.refine
+    return ArithTask(seed=spec.task_seed).prompts("round", r["val_prompts"], offset=r["val_offset"])
+
+
+def sft_policy(spec: WarmStartSpec, *, refine_weight: float, full: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Stage 1a: SR-aware SFT of a fresh policy (refine_weight 0: the direct-only baseline).
+
+    full: run the whole schedule (the teacher); else stop at spec.stage_a_target.
+
+    Returns:
+        (model, {"steps": steps taken, "curve": [[steps, validation direct accuracy], ...]}).
     """
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     model = build_policy(spec.policy, tok)
     prompts = task.prompts("train", spec.train_prompts)
+    val = validation_prompts(spec)
     pairs = sft_pairs(prompts, spec.template, seed=spec.seed, keep_share=spec.keep_share).pairs
+    curve: list[list[float]] = []
 
-    def snapshot(epoch: int) -> None:
-        if epoch + 1 == spec.warm_epochs:
-            save(model, tok, out)
+    def reached(steps: int) -> bool:
+        if full or steps % spec.stage_a_check:
+            return False
+        curve.append([steps, direct_accuracy(model, tok, task, val)])
+        log.info("stage 1a: %d steps, validation direct accuracy %.3f", steps, curve[-1][1])
+        model.train()
+        return curve[-1][1] >= spec.stage_a_target
 
-    cfg = _sft_config(spec, refine_weight=refine_weight)
-    train_sft(model, tok, pairs, cfg, stop_after=None if full else spec.warm_epochs, on_epoch=snapshot)
-    return model
+    history = train_sft(model, tok, pairs, _sft_config(spec, refine_weight=refine_weight), should_stop=reached)
+    return model, {"steps": len(history), "curve": curve}
+
+
+def own_wrong_answers(model: torch.nn.Module, tok, task: ArithTask, prompts: list[Prompt], seed: int) -> dict[str, str]:
+    """prompt id -> the model's own sampled (temperature 1) answer, where it is wrong and not empty."""
+    samples = generate(model.eval(), tok, [p.question for p in prompts], temperature=1.0, seed=seed)
+    return {p.id: y.strip() for p, y in zip(prompts, samples, strict=True) if y.strip() and not task.verify(p, y)}
+
+
+def refine_to_target(spec: WarmStartSpec, model: torch.nn.Module, *, refine_weight: float) -> dict[str, Any]:
+    """Stage 1b (see WarmStartSpec.refine): train `model` in place until the measured target.
+
+    refine_weight 0 gives the direct-only baseline the same stop rule (its refine examples are
+    then unused). Returns the validation curve [(steps, direct accuracy)] and whether the target
+    was reached within max_epochs.
+    """
+    r = spec.refine
+    task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
+    prompts = task.prompts("train", spec.train_prompts)
+    val = validation_prompts(spec)
+    own = own_wrong_answers(model, tok, task, prompts, r["seed"]) if refine_weight > 0 and r["own_share"] > 0 else {}
+    pairs = sft_pairs(
+        prompts, spec.template, seed=r["seed"], keep_share=r["keep_share"], own_wrong=own, own_share=r["own_share"]
+    )
+    cfg = dataclasses.replace(
+        _sft_config(spec, refine_weight=refine_weight),
+        lr=r["lr"],
+        lr_schedule="constant",
+        warmup_steps=0,
+        epochs=r["max_epochs"],
+    )
+
+    def measure(steps: int) -> dict[str, float]:
+        point = {"steps": steps, "direct_accuracy": direct_accuracy(model, tok, task, val)}
+        if refine_weight > 0:
+            point["keep_rate"] = refinement_probe(model, tok, task, val, spec.template)["keep_rate"]
+        model.train()
+        return point
+
+    def done(point: dict[str, float]) -> bool:
+        keep_ok = refine_weight == 0 or point["keep_rate"] >= r["target_keep_rate"]
+        return point["direct_accuracy"] >= r["target_direct_accuracy"] and keep_ok
+
+    curve = [measure(0)]
+
+    def reached(steps: int) -> bool:
+        if steps % r["check_every"]:
+            return False
+        curve.append(measure(steps))
+        log.info("stage 1b: %s", {k: round(v, 3) for k, v in curve[-1].items()})
+        return done(curve[-1])
+
+    if not done(curve[0]):
+        train_sft(model, tok, pairs.pairs, cfg, should_stop=reached)
+    model.eval()
+    return {
+        "curve": curve,
+        "reached": done(curve[-1]),
+        "own_wrong_answers": len(own),
+        "error_kinds": pairs.error_kinds,
+    }
 
 
 def measure_policy(spec: WarmStartSpec, model: torch.nn.Module) -> dict[str, float]:
-    task = ArithTask(seed=spec.task_seed)
+    task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     prompts = task.prompts("eval", spec.eval_prompts)
-    return chain_eval(model.eval(), build_tokenizer(), task, prompts, spec.template, turns=3)
+    out = chain_eval(model.eval(), tok, task, prompts, spec.template, turns=3)
+    return out | {f"probe/{k}": v for k, v in refinement_probe(model, tok, task, prompts, spec.template).items()}
 
 
 def reward_from(teacher: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -119,36 +232,73 @@ def train_reward_model(spec: WarmStartSpec, teacher: torch.nn.Module, out: Path)
     train_reward(rm, tok, triples, epochs=spec.rm_epochs, batch_size=spec.rm_batch, lr=spec.rm_lr, seed=spec.seed)
     save(rm, tok, out)
     prompts = task.prompts("eval", spec.eval_prompts)
-    policy = load_policy(str(out.parent / "policy")).eval()
-    samples = generate(policy, tok, [p.question for p in prompts], temperature=1.0, seed=spec.seed)
-    on_samples = [(p.question, a, float(task.verify(p, a))) for p, a in zip(prompts, samples, strict=True)]
     return {
         "agreement_heldout": reward_agreement(rm, tok, reward_rows(prompts, seed=spec.seed + 1)),
         "pair_accuracy_heldout": reward_pair_accuracy(rm, tok, reward_triples(prompts, seed=spec.seed + 1)),
+    } | reward_on_policy_samples(spec, out.parent)
+
+
+def reward_on_policy_samples(spec: WarmStartSpec, root: Path) -> dict[str, float]:
+    """How often root/reward agrees with the verifier on root/policy's own sampled answers."""
+    task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
+    prompts = task.prompts("eval", spec.eval_prompts)
+    policy = load_policy(str(root / "policy")).eval()
+    samples = generate(policy, tok, [p.question for p in prompts], temperature=1.0, seed=spec.seed)
+    on_samples = [(p.question, a, float(task.verify(p, a))) for p, a in zip(prompts, samples, strict=True)]
+    rm = load_reward(str(root / "reward"))
+    return {
         "agreement_policy_samples": reward_agreement(rm, tok, on_samples),
         "policy_samples_correct": sum(y for _, _, y in on_samples) / len(on_samples),
     }
 
 
-def build_warm_start(out: str | Path, spec: WarmStartSpec = WarmStartSpec()) -> dict[str, Any]:
-    """Write out/{policy, policy_direct_only, reward} and out/manifest.json; return the manifest."""
+def build_policy_part(spec: WarmStartSpec, out: Path, *, refine_weight: float) -> dict[str, Any]:
+    """Stage 1a then 1b for one policy part, saved to `out`; its measurements for the manifest."""
+    model, stage_a = sft_policy(spec, refine_weight=refine_weight, full=False)
+    stage_b = refine_to_target(spec, model, refine_weight=refine_weight)
+    save(model, build_tokenizer(), out)
+    return {"stage_1a": stage_a, "stage_1b": stage_b} | measure_policy(spec, model)
+
+
+def build_warm_start(
+    out: str | Path, spec: WarmStartSpec = WarmStartSpec(), parts: tuple[str, ...] = PARTS
+) -> dict[str, Any]:
+    """Write the chosen parts of out/{policy, policy_direct_only, reward} and out/manifest.json.
+
+    Parts not rebuilt keep their files and their entries in an existing manifest (whose spec must
+    then match: a part is only ever described by the recipe that built it).
+    """
     out = Path(out)
     t0 = time.perf_counter()
-    teacher = sft_policy(spec, out / "policy", refine_weight=1.0, full=True)
-    direct_only = sft_policy(spec, out / "policy_direct_only", refine_weight=0.0, full=False)
-    measured = {
-        "policy": measure_policy(spec, load_policy(str(out / "policy"))),
-        "policy_direct_only": measure_policy(spec, direct_only),
-        "teacher": measure_policy(spec, teacher),
-        "reward": train_reward_model(spec, teacher, out / "reward"),
-        "build_seconds": round(time.perf_counter() - t0, 1),
-    }
+    old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else None
+    kept = [p for p in PARTS if p not in parts]
+    if kept and old is None:
+        raise SystemExit(f"{out}: no manifest describes the parts not rebuilt ({', '.join(kept)}): rebuild every part")
+    spec_now = json.loads(json.dumps(dataclasses.asdict(spec)))
+    for part in kept:
+        changed = [k for k in PART_FIELDS[part] if old["spec"].get(k) != spec_now[k]]
+        if changed:
+            raise SystemExit(f"{part} was built with other {', '.join(changed)}: rebuild it too (--parts)")
+    measured = {k: v for k, v in old["measured"].items() if k in kept or k == "teacher"} if kept else {}
+    if "policy" in parts:
+        measured["policy"] = build_policy_part(spec, out / "policy", refine_weight=1.0)
+    if "policy_direct_only" in parts:
+        measured["policy_direct_only"] = build_policy_part(spec, out / "policy_direct_only", refine_weight=0.0)
+    if "reward" in parts:
+        teacher, _ = sft_policy(spec, refine_weight=1.0, full=True)
+        measured["teacher"] = measure_policy(spec, teacher)
+        measured["reward"] = train_reward_model(spec, teacher, out / "reward")
+    elif "policy" in parts:  # the kept reward model, measured again on the new policy's samples
+        measured["reward"] = old["measured"]["reward"] | reward_on_policy_samples(spec, out)
+    measured["build_seconds"] = round(time.perf_counter() - t0, 1)
     manifest = {
-        "command": "python -m evolve_ray.warmstart.build",
+        "command": "python -m evolve_ray.warmstart.build"
+        + ("" if set(parts) == set(PARTS) else " --parts " + ",".join(parts)),
         "spec": dataclasses.asdict(spec),
         "torch_threads": torch.get_num_threads(),
         "measured": measured,
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -157,10 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evolve_ray.warmstart.build", description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=str(SHIPPED), help="output directory (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: byte-reproducible)")
+    ap.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated parts to rebuild (of {', '.join(PARTS)})"
+    )
     args = ap.parse_args(argv)
+    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--parts: choose among {', '.join(PARTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    manifest = build_warm_start(args.out)
+    manifest = build_warm_start(args.out, parts=parts)
     print(json.dumps(manifest["measured"], indent=2))
     return 0
 

@@ -82,21 +82,33 @@ class SftPairs:
     error_kinds: dict[str, int]
 
 
-def sft_pairs(prompts: list[Prompt], template: str, *, seed: int, keep_share: float = 0.0) -> SftPairs:
-    """Self-refinement-aware SFT pairs (docs/method.md, Stage 1): y_w = the correct sum, y_l = a wrong one.
+def sft_pairs(
+    prompts: list[Prompt],
+    template: str,
+    *,
+    seed: int,
+    keep_share: float = 0.0,
+    own_wrong: dict[str, str] | None = None,
+    own_share: float = 0.0,
+) -> SftPairs:
+    """Self-refinement-aware SFT pairs (Stage 1, docs/method.md): y_w = the correct sum, y_l = a wrong one.
 
     The refine context is the config's refinement template filled with (x, y_l). With
     probability `keep_share` the refine context shows the correct answer instead (t(x, y_w)), so
-    the model also learns to keep a right answer; the loss is on y_w in both cases.
+    the model also learns to keep a right answer; the loss is on y_w in both cases. Where the
+    model's own wrong answer to a prompt is known (`own_wrong`), it replaces the synthetic y_l
+    with probability `own_share`: the refinement turn then practises on the errors it will meet.
 
     Args:
         prompts: task prompts with reference answers.
         template: the refinement template ({question}, {answer}).
         seed: seeds the choice of errors.
         keep_share: share of refine contexts that show the correct answer.
+        own_wrong: prompt id -> a wrong answer the model itself gave (None: synthetic errors only).
+        own_share: share of the prompts in `own_wrong` whose y_l is the model's own answer.
 
     Returns:
-        SftPairs with 2 pairs per prompt and a count of the error kinds used.
+        SftPairs with 2 pairs per prompt and a count of the error kinds used ("own" included).
     """
     rng = random.Random(f"sft/{seed}")
     out: list[PreferencePair] = []
@@ -104,6 +116,8 @@ def sft_pairs(prompts: list[Prompt], template: str, *, seed: int, keep_share: fl
     for p in prompts:
         a, b = operands(p)
         wrong, kind = wrong_answer(a, b, rng)
+        if own_wrong and p.id in own_wrong and rng.random() < own_share:
+            wrong, kind = own_wrong[p.id], "own"
         kinds[kind] = kinds.get(kind, 0) + 1
         shown = p.answer if rng.random() < keep_share else wrong
         for kind_, prompt in (("direct", p.question), ("refine", refine_user_turn(template, p.question, shown))):

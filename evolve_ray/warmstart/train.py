@@ -37,6 +37,7 @@ def train_sft(
     *,
     stop_after: int | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> list[dict[str, float]]:
     """Self-refinement-aware SFT (cfg.loss must be 'sft'): cfg.epochs passes in cfg.batch_size steps.
 
@@ -44,6 +45,8 @@ def train_sft(
         stop_after: stop after this many epochs, on the schedule of cfg.epochs (a snapshot of a
             longer run: the learning rate at each step is the longer run's).
         on_epoch: called with the epoch index after each epoch.
+        should_stop: called with the number of steps taken after each step; True ends training
+            there (a measured target reached).
 
     Returns:
         One metrics dict per optimizer step (train/loss, train/nll_direct, train/nll_refine).
@@ -69,6 +72,9 @@ def train_sft(
             sched.step()
             opt.zero_grad(set_to_none=True)
             history.append({"train/loss": per_example.mean().item()} | {f"train/{k}": v for k, v in metrics.items()})
+            if should_stop is not None and should_stop(len(history)):
+                model.eval()
+                return history
         log.info("sft epoch %d: %s", epoch, {k: round(v, 3) for k, v in history[-1].items()})
         if on_epoch is not None:
             on_epoch(epoch)
@@ -128,6 +134,36 @@ def chain_eval(
     out = {f"eval/{k.replace('_score', '_accuracy')}": v for k, v in stats.items() if k.endswith("_score")}
     out |= {f"eval/acc_{k}": v for k, v in stats.items() if not k.endswith("_score")}
     return out
+
+
+def direct_accuracy(model: torch.nn.Module, tokenizer, task, prompts: list[Prompt]) -> float:
+    """Verifier accuracy of greedy direct answers (the warm start's stopping measurement)."""
+    answers = generate(model.eval(), tokenizer, [p.question for p in prompts])
+    return sum(task.verify(p, a) for p, a in zip(prompts, answers, strict=True)) / len(prompts)
+
+
+def refinement_probe(model: torch.nn.Module, tokenizer, task, prompts: list[Prompt], template: str) -> dict[str, float]:
+    """How the refinement turn behaves, in the two cases that matter.
+
+    Returns:
+        keep_rate: shown the correct answer as the example, the share it keeps correct;
+        fix_rate: of the prompts whose own greedy answer is wrong, the share turn 1 fixes;
+        break_rate: of the prompts whose own greedy answer is right, the share turn 1 breaks.
+    """
+    model.eval()
+    kept = generate(model, tokenizer, [refine_user_turn(template, p.question, p.answer or "") for p in prompts])
+    own = generate(model, tokenizer, [p.question for p in prompts])
+    turn1 = generate(
+        model, tokenizer, [refine_user_turn(template, p.question, y) for p, y in zip(prompts, own, strict=True)]
+    )
+    right = [task.verify(p, y) for p, y in zip(prompts, own, strict=True)]
+    after = [task.verify(p, y) for p, y in zip(prompts, turn1, strict=True)]
+    wrong_n, right_n = right.count(False), right.count(True)
+    return {
+        "keep_rate": sum(task.verify(p, y) for p, y in zip(prompts, kept, strict=True)) / len(prompts),
+        "fix_rate": sum(a for r, a in zip(right, after, strict=True) if not r) / wrong_n if wrong_n else float("nan"),
+        "break_rate": sum(not a for r, a in zip(right, after, strict=True) if r) / right_n if right_n else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

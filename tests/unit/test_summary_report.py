@@ -23,7 +23,7 @@ def eval_row(round_: int, acc: list[float], **extra: float) -> dict:
 ROWS = [
     eval_row(-1, [0.5, 0.4, 0.45, 0.4], **{"time/evaluate_s": 3.0}),  # the evaluation before training
     eval_row(0, [0.6, 0.5, 0.55, 0.5], **{"pairs/count": 12.0, "time/round_s": 30.4, "train/loss": 0.6}),
-    eval_row(1, [0.7, 0.65, 0.6, 0.62], **{"pairs/count": 9.0, "time/round_s": 25.0, "eval/turn_1_mean_length": 7}),
+    eval_row(1, [0.7, 0.65, 0.6, 0.62], **{"pairs/count": 9.0, "time/round_s": 25.0, "eval/turn_1_mean_tokens": 7}),
 ]
 
 
@@ -65,9 +65,9 @@ def test_stage_lines_carry_the_key_figures() -> None:
 def test_glossary_explains_every_key_including_round_minus_one_additions() -> None:
     for key in [
         "eval/turn_12_accuracy",
-        "eval/turn_2_mean_length",
+        "eval/turn_2_mean_tokens",
         "score/rm_verifier_agreement",
-        "pairs/rm_chosen_wrong_frac",
+        "pairs/chosen_wrong_frac",
         "gen/tokens",
         "time/round_s",
         "pairs/dropped_tie",
@@ -90,7 +90,7 @@ def test_report_headline_first_narrow_tables_and_html(tmp_path: Path) -> None:
     assert "| start | 0.500 |" in md and "| 1 | 0.700 |" in md
     assert max(line.count("|") - 1 for line in tables) <= MAX_COLUMNS
     assert md.index("![score_per_round]") < md.index("## Evaluation")  # key plots right after the headline
-    assert "`eval/turn_k_accuracy`" in md and "`eval/turn_k_mean_length`" in md and "Not in the glossary" not in md
+    assert "`eval/turn_k_accuracy`" in md and "`eval/turn_k_mean_tokens`" in md and "Not in the glossary" not in md
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
     assert "no round has finished yet" in headline_text([])
