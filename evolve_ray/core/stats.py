@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from evolve_ray.types import Candidate
 
 
-def turn_stats(scores_by_prompt: dict[str, list[float | None]], *, tolerance: float) -> dict[str, float]:
+def turn_stats(scores_by_prompt: Mapping[str, Sequence[float | None]], *, tolerance: float) -> dict[str, float]:
     """Mean score per turn and the turn-over-turn change shares of one chain per prompt.
 
     turn_{k}_score averages the prompts with a finite score at turn k. For k >= 1,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from evolve_ray.config import DEMO_REFINE_TEMPLATE, TrainingConfig
 from evolve_ray.models.loading import load_policy, load_reward
@@ -115,7 +115,7 @@ def validation_prompts(spec: WarmStartSpec) -> list[Prompt]:
     return ArithTask(seed=spec.task_seed).prompts("round", r["val_prompts"], offset=r["val_offset"])
 
 
-def sft_policy(spec: WarmStartSpec, *, refine_weight: float, full: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+def sft_policy(spec: WarmStartSpec, *, refine_weight: float, full: bool) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Stage 1a: SR-aware SFT of a fresh policy (refine_weight 0: the direct-only baseline).
 
     full: run the whole schedule (the teacher); else stop at spec.stage_a_target.
@@ -142,13 +142,13 @@ def sft_policy(spec: WarmStartSpec, *, refine_weight: float, full: bool) -> tupl
     return model, {"steps": len(history), "curve": curve}
 
 
-def own_wrong_answers(model: torch.nn.Module, tok, task: ArithTask, prompts: list[Prompt], seed: int) -> dict[str, str]:
+def own_wrong_answers(model: PreTrainedModel, tok, task: ArithTask, prompts: list[Prompt], seed: int) -> dict[str, str]:
     """prompt id -> the model's own sampled (temperature 1) answer, where it is wrong and not empty."""
     samples = generate(model.eval(), tok, [p.question for p in prompts], temperature=1.0, seed=seed)
     return {p.id: y.strip() for p, y in zip(prompts, samples, strict=True) if y.strip() and not task.verify(p, y)}
 
 
-def refine_to_target(spec: WarmStartSpec, model: torch.nn.Module, *, refine_weight: float) -> dict[str, Any]:
+def refine_to_target(spec: WarmStartSpec, model: PreTrainedModel, *, refine_weight: float) -> dict[str, Any]:
     """Stage 1b (see WarmStartSpec.refine): train `model` in place until the measured target.
 
     refine_weight 0 gives the direct-only baseline the same stop rule (its refine examples are
@@ -202,14 +202,14 @@ def refine_to_target(spec: WarmStartSpec, model: torch.nn.Module, *, refine_weig
     }
 
 
-def measure_policy(spec: WarmStartSpec, model: torch.nn.Module) -> dict[str, float]:
+def measure_policy(spec: WarmStartSpec, model: PreTrainedModel) -> dict[str, float]:
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     prompts = task.prompts("eval", spec.eval_prompts)
     out = chain_eval(model.eval(), tok, task, prompts, spec.template, turns=3)
     return out | {f"probe/{k}": v for k, v in refinement_probe(model, tok, task, prompts, spec.template).items()}
 
 
-def reward_from(teacher: torch.nn.Module, seed: int) -> torch.nn.Module:
+def reward_from(teacher: PreTrainedModel, seed: int) -> PreTrainedModel:
     """A sequence classifier with the teacher's backbone and a fresh scalar head (as RLHF reward
     models start from an SFT model): it can check a sum only if its backbone can compute one."""
     config = copy.deepcopy(teacher.config)
@@ -222,7 +222,7 @@ def reward_from(teacher: torch.nn.Module, seed: int) -> torch.nn.Module:
     return rm
 
 
-def train_reward_model(spec: WarmStartSpec, teacher: torch.nn.Module, out: Path) -> dict[str, float]:
+def train_reward_model(spec: WarmStartSpec, teacher: PreTrainedModel, out: Path) -> dict[str, float]:
     """Train the reward model on verifier labels; agreement on held-out rows and policy samples."""
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     rm = reward_from(teacher, spec.seed + 1)
@@ -270,16 +270,20 @@ def build_warm_start(
     """
     out = Path(out)
     t0 = time.perf_counter()
-    old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else None
+    old: dict[str, Any] | None = (
+        json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else None
+    )
     kept = [p for p in PARTS if p not in parts]
     if kept and old is None:
         raise SystemExit(f"{out}: no manifest describes the parts not rebuilt ({', '.join(kept)}): rebuild every part")
     spec_now = json.loads(json.dumps(dataclasses.asdict(spec)))
+    old_spec: dict[str, Any] = old["spec"] if old else {}
     for part in kept:
-        changed = [k for k in PART_FIELDS[part] if old["spec"].get(k) != spec_now[k]]
+        changed = [k for k in PART_FIELDS[part] if old_spec.get(k) != spec_now[k]]
         if changed:
             raise SystemExit(f"{part} was built with other {', '.join(changed)}: rebuild it too (--parts)")
-    measured = {k: v for k, v in old["measured"].items() if k in kept or k == "teacher"} if kept else {}
+    old_measured: dict[str, Any] = old["measured"] if old else {}
+    measured = {k: v for k, v in old_measured.items() if k in kept or k == "teacher"} if kept else {}
     if "policy" in parts:
         measured["policy"] = build_policy_part(spec, out / "policy", refine_weight=1.0)
     if "policy_direct_only" in parts:
@@ -289,7 +293,7 @@ def build_warm_start(
         measured["teacher"] = measure_policy(spec, teacher)
         measured["reward"] = train_reward_model(spec, teacher, out / "reward")
     elif "policy" in parts:  # the kept reward model, measured again on the new policy's samples
-        measured["reward"] = old["measured"]["reward"] | reward_on_policy_samples(spec, out)
+        measured["reward"] = old_measured["reward"] | reward_on_policy_samples(spec, out)
     measured["build_seconds"] = round(time.perf_counter() - t0, 1)
     manifest = {
         "command": "python -m evolve_ray.warmstart.build"

@@ -119,6 +119,7 @@ def sft_pairs(
         if own_wrong and p.id in own_wrong and rng.random() < own_share:
             wrong, kind = own_wrong[p.id], "own"
         kinds[kind] = kinds.get(kind, 0) + 1
+        assert p.answer is not None, f"prompt {p.id} has no reference answer"
         shown = p.answer if rng.random() < keep_share else wrong
         for kind_, prompt in (("direct", p.question), ("refine", refine_user_turn(template, p.question, shown))):
             out.append(_pair(p, kind_, prompt, wrong))

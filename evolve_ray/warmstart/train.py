@@ -12,9 +12,11 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from evolve_ray.config import TrainingConfig
 from evolve_ray.core.logprobs import pad_rows
@@ -30,7 +32,7 @@ CPU = torch.device("cpu")
 
 
 def train_sft(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer,
     pairs: Sequence[PreferencePair],
     cfg: TrainingConfig,
@@ -84,7 +86,7 @@ def train_sft(
 
 @torch.no_grad()
 def generate(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer,
     user_turns: list[str],
     *,
@@ -101,7 +103,8 @@ def generate(
             [chat_prompt_ids(tokenizer, u) for u in user_turns[i : i + batch]], tokenizer.pad_token_id, left=True
         )
         sample = temperature > 0
-        gen = model.generate(
+        # generate() comes from GenerationMixin, which PreTrainedModel's stubs don't show.
+        gen = cast(Any, model).generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
@@ -117,7 +120,7 @@ def generate(
 
 
 def chain_eval(
-    model: torch.nn.Module, tokenizer, task, prompts: list[Prompt], template: str, *, turns: int
+    model: PreTrainedModel, tokenizer, task, prompts: list[Prompt], template: str, *, turns: int
 ) -> dict[str, float]:
     """Greedy chain y0 ~ pi(.|x), y_k ~ pi(.|t(x, y_{k-1})): verifier accuracy per turn and shares.
 
@@ -136,13 +139,13 @@ def chain_eval(
     return out
 
 
-def direct_accuracy(model: torch.nn.Module, tokenizer, task, prompts: list[Prompt]) -> float:
+def direct_accuracy(model: PreTrainedModel, tokenizer, task, prompts: list[Prompt]) -> float:
     """Verifier accuracy of greedy direct answers (the warm start's stopping measurement)."""
     answers = generate(model.eval(), tokenizer, [p.question for p in prompts])
     return sum(task.verify(p, a) for p, a in zip(prompts, answers, strict=True)) / len(prompts)
 
 
-def refinement_probe(model: torch.nn.Module, tokenizer, task, prompts: list[Prompt], template: str) -> dict[str, float]:
+def refinement_probe(model: PreTrainedModel, tokenizer, task, prompts: list[Prompt], template: str) -> dict[str, float]:
     """How the refinement turn behaves, in the two cases that matter.
 
     Returns:
@@ -170,7 +173,7 @@ def refinement_probe(model: torch.nn.Module, tokenizer, task, prompts: list[Prom
 # Reward model: sequence classification on [user: x, assistant: y], label 1 correct / 0 wrong.
 
 
-def reward_logits(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str, str]]) -> Tensor:
+def reward_logits(model: PreTrainedModel, tokenizer, rows: Sequence[tuple[str, str]]) -> Tensor:
     """[N] scalar logits of (question, answer) conversations, right-padded as the scorer does."""
     ids, mask = pad_rows([conversation_ids(tokenizer, q, a) for q, a in rows], tokenizer.pad_token_id)
     return model(input_ids=ids, attention_mask=mask).logits[:, 0]
@@ -193,7 +196,7 @@ def reward_loss(correct: Tensor, wrong: Tensor) -> Tensor:
 
 
 def train_reward(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer,
     triples: Sequence[tuple[str, str, str]],
     *,
@@ -230,7 +233,7 @@ def train_reward(
 
 
 @torch.no_grad()
-def reward_agreement(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str, str, float]]) -> float:
+def reward_agreement(model: PreTrainedModel, tokenizer, rows: Sequence[tuple[str, str, float]]) -> float:
     """Share of rows where the reward model's sign (logit > 0) matches the verifier label."""
     model.eval()
     hits = 0
@@ -242,7 +245,7 @@ def reward_agreement(model: torch.nn.Module, tokenizer, rows: Sequence[tuple[str
 
 
 @torch.no_grad()
-def reward_pair_accuracy(model: torch.nn.Module, tokenizer, triples: Sequence[tuple[str, str, str]]) -> float:
+def reward_pair_accuracy(model: PreTrainedModel, tokenizer, triples: Sequence[tuple[str, str, str]]) -> float:
     """Share of (question, correct, wrong) triples where the correct answer scores higher."""
     model.eval()
     hits = 0
