@@ -29,7 +29,7 @@ from evolve_ray.models.loading import load_policy, load_reward
 from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer, save
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Prompt
-from evolve_ray.warmstart import PARTS, SHIPPED
+from evolve_ray.warmstart import PARTS, SHIPPED, STAGE_1A
 from evolve_ray.warmstart.data import reward_rows, reward_triples, sft_pairs
 from evolve_ray.warmstart.train import (
     chain_eval,
@@ -252,16 +252,26 @@ def reward_on_policy_samples(spec: WarmStartSpec, root: Path) -> dict[str, float
     }
 
 
-def build_policy_part(spec: WarmStartSpec, out: Path, *, refine_weight: float) -> dict[str, Any]:
-    """Stage 1a then 1b for one policy part, saved to `out`; its measurements for the manifest."""
-    model, stage_a = sft_policy(spec, refine_weight=refine_weight, full=False)
+def build_policy_part(spec: WarmStartSpec, out: Path, *, refine_weight: float, stage_1a: Path | None) -> dict[str, Any]:
+    """Stage 1a (trained, or read from `stage_1a`) then 1b for one policy part, saved to `out`;
+    its measurements for the manifest."""
+    if stage_1a is None:
+        model, stage_a = sft_policy(spec, refine_weight=refine_weight, full=False)
+    else:
+        model = load_policy(str(stage_1a / out.name))
+        task = ArithTask(seed=spec.task_seed)
+        accuracy = direct_accuracy(model, build_tokenizer(), task, validation_prompts(spec))
+        stage_a = {"from": f"{stage_1a.name}/{out.name}", "direct_accuracy": accuracy}
     stage_b = refine_to_target(spec, model, refine_weight=refine_weight)
     save(model, build_tokenizer(), out)
     return {"stage_1a": stage_a, "stage_1b": stage_b} | measure_policy(spec, model)
 
 
 def build_warm_start(
-    out: str | Path, spec: WarmStartSpec = WarmStartSpec(), parts: tuple[str, ...] = PARTS
+    out: str | Path,
+    spec: WarmStartSpec = WarmStartSpec(),
+    parts: tuple[str, ...] = PARTS,
+    stage_1a: Path | None = None,
 ) -> dict[str, Any]:
     """Write the chosen parts of out/{policy, policy_direct_only, reward} and out/manifest.json.
 
@@ -285,9 +295,11 @@ def build_warm_start(
     old_measured: dict[str, Any] = old["measured"] if old else {}
     measured = {k: v for k, v in old_measured.items() if k in kept or k == "teacher"} if kept else {}
     if "policy" in parts:
-        measured["policy"] = build_policy_part(spec, out / "policy", refine_weight=1.0)
+        measured["policy"] = build_policy_part(spec, out / "policy", refine_weight=1.0, stage_1a=stage_1a)
     if "policy_direct_only" in parts:
-        measured["policy_direct_only"] = build_policy_part(spec, out / "policy_direct_only", refine_weight=0.0)
+        measured["policy_direct_only"] = build_policy_part(
+            spec, out / "policy_direct_only", refine_weight=0.0, stage_1a=stage_1a
+        )
     if "reward" in parts:
         teacher, _ = sft_policy(spec, refine_weight=1.0, full=True)
         measured["teacher"] = measure_policy(spec, teacher)
@@ -296,6 +308,7 @@ def build_warm_start(
         measured["reward"] = old_measured["reward"] | reward_on_policy_samples(spec, out)
     measured["build_seconds"] = round(time.perf_counter() - t0, 1)
     manifest = {
+        "stage_1a": "trained" if stage_1a is None else f"read from {stage_1a.name}/",
         "command": "python -m evolve_ray.warmstart.build"
         + ("" if set(parts) == set(PARTS) else " --parts " + ",".join(parts)),
         "spec": dataclasses.asdict(spec),
@@ -312,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", default=str(SHIPPED), help="output directory (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: byte-reproducible)")
     ap.add_argument(
+        "--stage-1a",
+        choices=["shipped", "train"],
+        default="shipped",
+        help="shipped: stage 1b starts from the shipped stage-1a snapshots (assets/warm_start/stage_1a); "
+        "train: stage 1a trained from scratch to its validation target",
+    )
+    ap.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated parts to rebuild (of {', '.join(PARTS)})"
     )
     args = ap.parse_args(argv)
@@ -320,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--parts: choose among {', '.join(PARTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    manifest = build_warm_start(args.out, parts=parts)
+    manifest = build_warm_start(args.out, parts=parts, stage_1a=STAGE_1A if args.stage_1a == "shipped" else None)
     print(json.dumps(manifest["measured"], indent=2))
     return 0
 

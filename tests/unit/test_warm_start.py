@@ -172,3 +172,15 @@ def test_sft_stops_when_the_measured_target_says_so() -> None:
     seen: list[int] = []
     history = train_sft(model, tok, pairs, cfg, should_stop=lambda steps: seen.append(steps) or steps == 5)
     assert len(history) == 5 and seen == [1, 2, 3, 4, 5]  # 3 epochs would be 12 steps
+
+
+def test_a_partial_rebuild_needs_a_manifest_that_describes_the_kept_parts(tmp_path) -> None:
+    """Parts not rebuilt are only kept when a manifest built them with the same recipe."""
+    from evolve_ray.warmstart.build import build_warm_start
+
+    with pytest.raises(SystemExit, match="no manifest describes"):
+        build_warm_start(tmp_path, parts=("policy",))
+    spec = json.loads((SHIPPED / "manifest.json").read_text())["spec"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": spec | {"rm_epochs": 1}, "measured": {}}))
+    with pytest.raises(SystemExit, match="reward was built with other rm_epochs"):
+        build_warm_start(tmp_path, parts=("policy", "policy_direct_only"))
