@@ -58,20 +58,21 @@ def test_demo_console_is_short_ends_with_the_table_and_status_follows_it(tmp_pat
 
     # The table at the end is report.json's: direct accuracy, turn accuracies and pairs per round.
     rows = load_rows(run)
-    assert [r["round"] for r in rows] == [0, 1]
+    assert [r["round"] for r in rows] == [-1, 0, 1]  # -1: the starting policy, before round 0
+    assert sum(line.startswith("round start evaluate: accuracy by turn") for line in lines) == 1
     title = lines.index("held-out accuracy by refinement turn (turn 0 = the direct answer):")
-    table = lines[title + 2 : title + 5]
+    table = lines[title + 2 : title + 6]
     assert table[0].split()[:3] == ["round", "direct", "accuracy"]
     for printed, row in zip(table[1:], rows, strict=True):
         cells = printed.split()
-        assert cells[0] == str(row["round"])
+        assert cells[0] == ("start" if row["round"] == -1 else str(row["round"]))
         assert cells[1:5] == [f"{row[f'eval/turn_{t}_accuracy']:.3f}" for t in range(4)]
         assert cells[5:8] == [
             f"{row['eval/acc_turn_1_improved_frac']:.3f}",
             "/",
             f"{row['eval/acc_turn_1_degraded_frac']:.3f}",
         ]
-        assert cells[8] == str(int(row["pairs/count"]))
+        assert cells[8] == (str(int(row["pairs/count"])) if "pairs/count" in row else "-")
     assert lines[-1] == f"log:    {run / 'run.log'}" and f"report: {run / 'report.md'}" in out
 
     log = (run / "run.log").read_text()
