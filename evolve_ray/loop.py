@@ -376,6 +376,7 @@ def eval_model(cfg: Config, model_path: str, out_dir: Path, *, strategy: str, tu
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
     connect(cfg, out_dir)
+    route_actor_output(out_dir)  # the actors' lines go to OUT/run.log
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
     fleet = Fleet(
         cfg,
