@@ -374,6 +374,7 @@ def eval_model(
     models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
     task = make_task(cfg.data)
     connect(cfg)
+    route_actor_output(out_dir)  # the actors' lines go to OUT/run.log
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
     fleet = Fleet(
         cfg,

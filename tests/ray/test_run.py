@@ -252,24 +252,30 @@ def test_eval_cli_vote(finished_run: Path, tiny_models, tmp_path: Path, capsys) 
         assert picked is None and not counts or counts[picked] == max(counts.values())
 
 
-def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path) -> None:
+def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path, tmp_path: Path) -> None:
     """Every key cluster/grafana_evolve_ray.json plots is one this run reported (turns beyond the
-    run's eval_turns by their pattern), under the name it has on the Prometheus endpoint."""
+    run's eval_turns by their pattern), under the name it has on the Prometheus endpoint.
+
+    The run's last row is published again through the loop's exporter: Ray drops a gauge's series
+    a few seconds after its Python object is gone, and the finished run's exporter is."""
     from evolve_ray.metric_keys import explain
-    from evolve_ray.metrics_export import prometheus_name
+    from evolve_ray.metrics_export import MetricsExporter, prometheus_name
     from tests.unit.test_deploy_files import dashboard_targets
 
-    keys = {k for row in load_rows(finished_run) for k in row}
+    rows = load_rows(finished_run)
+    keys = {k for row in rows for k in row}
     patterns = {explain(k) for k in keys}
-    node = next(n for n in ray.nodes() if n["Alive"])
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     targets = [key for key, _ in dashboard_targets()]
     for key in targets:
         assert key in keys or explain(key) in patterns, key
-    wanted = {f"\nray_{prometheus_name(k)}{{" for k in targets if k in keys}
+    exporter = MetricsExporter("dashboard-check", [], {}, str(tmp_path))
+    exporter.publish(rows[-1], step=len(rows))
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    wanted = {f"\nray_{prometheus_name(k)}{{" for k in targets if k in rows[-1]}
     deadline, missing = time.time() + 60, wanted
     while missing and time.time() < deadline:
         body = urllib.request.urlopen(url, timeout=5).read().decode()
         missing = {w for w in wanted if w not in body}
         time.sleep(0 if not missing else 2)
-    assert wanted and not missing, sorted(missing)
+    assert len(wanted) >= 10 and not missing, sorted(missing)
