@@ -3,7 +3,7 @@ file already in the run directory stays whole (state.json, metrics, the journal:
 temporary name, then renamed), and `--resume` finishes once there is space again.
 
 The fault is real: this module's `main` is the CLI with RLIMIT_FSIZE set in the driver right after
-its cluster started, so the kernel refuses (EFBIG, as ENOSPC on a full disk) the driver's first
+the starting policy's evaluation (report.json's row -1), so the kernel refuses (EFBIG, as ENOSPC on a full disk) the driver's first
 write past the limit, here round 0's eval.parquet; Ray's processes started before it are unlimited.
 """
 
@@ -27,14 +27,14 @@ LIMIT = 4000  # bytes: metrics.json and state.json fit, the eval outputs (~4.3 K
 def main(limit: str, *argv: str) -> None:
     from evolve_ray import cli, loop
 
-    real_connect = loop.connect
+    real_start = loop.evaluate_start
 
-    def connect_then_fill_the_disk(cfg):
-        real_connect(cfg)
+    def evaluate_start_then_fill_the_disk(s):
+        real_start(s)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
 
-    loop.connect = connect_then_fill_the_disk
+    loop.evaluate_start = evaluate_start_then_fill_the_disk
     sys.exit(cli.main(list(argv)))
 
 
