@@ -49,7 +49,7 @@ def _check_round(run: Path) -> dict:
     assert cands["prompt_id"].nunique() == PROMPTS
     pairs = pd.read_parquet(run / "rounds" / "r000" / "pairs.parquet")
     assert pairs["id"].is_unique
-    (_, row) = load_rows(run)  # the start row, then round 0
+    (row,) = load_rows(run)  # eval_prompts=0: no start row
     return row
 
 

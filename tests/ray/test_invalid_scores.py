@@ -60,7 +60,7 @@ def test_nan_rewards_are_counted_and_never_selected(ray_cluster, tiny_models, tm
     clean = cands.loc[~poisoned, "score"]
     assert clean.notna().all() and clean.map(math.isfinite).all()
 
-    (_, row) = load_rows(run)  # the start row, then round 0
+    (row,) = load_rows(run)  # eval_prompts=0: no start row
     assert row["score/invalid_nan"] == row["score/invalid"] == float(poisoned.sum())
     assert row["pairs/dropped_no_valid_scores"] >= 2  # the two questions holding POISON
     assert math.isfinite(row["score/reward_mean"]) and row["pairs/count"] > 0
