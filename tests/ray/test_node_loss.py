@@ -132,7 +132,8 @@ def test_generators_move_off_a_removed_node(tiny_models, tmp_path: Path, keep_ra
     assert cands["id"].is_unique and cands["prompt_id"].nunique() == PROMPTS
     assert cands.groupby("prompt_id").size().eq(TURNS + 1).all()
     assert pd.read_parquet(run / "rounds" / "r000" / "pairs.parquet")["id"].is_unique
-    row = json.loads((run / "report.json").read_text())["rounds"][0]
+    start, row = json.loads((run / "report.json").read_text())["rounds"]  # the start row, then round 0
+    assert start["round"] == -1
     assert row["fault/generator_restarts"] >= 1
     assert (run / "checkpoints" / "r000" / "model.safetensors").is_file()  # the round went on to train
 
