@@ -118,8 +118,8 @@ def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp
         f"model.policy={tiny_models['policy']}",
         "--set",
         f"model.reward={tiny_models['reward']}",
-        "--set",  # the demo's floor assumes its trained reward model; a random one has no such sign
-        "selection.min_chosen_score=null",
+        "--set",  # the demo's pairs come from the verifier: a random tiny policy gets no sum right, so
+        "scoring.kind=reward_model",  # no pair and no checkpoint; the random reward model ranks them
     ]
     deadline = time.time() + 300  # a loaded machine can take minutes to start the job agent
     while True:  # right after `ray start` the dashboard agent may not accept jobs yet
