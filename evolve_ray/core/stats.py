@@ -61,24 +61,16 @@ def turn_lengths(cands: list[Candidate]) -> dict[str, float]:
     return {f"turn_{k}_mean_tokens": mean(v) for k, v in sorted(by_turn.items())}
 
 
-def accuracy_stats(cands: list[Candidate], correct: dict[str, float]) -> dict[str, float]:
-    """Verifier accuracy of chain 0 per turn and its fixed / broken shares between turns.
+def accuracy_stats(cands: list[Candidate], correct: Mapping[str, float]) -> dict[str, float]:
+    """Verifier accuracy of chain 0 per turn and its fixed / broken shares between turns
+    (`turn_stats` on 1/0 correctness, so a mean score is an accuracy).
 
     Returns:
         turn_{k}_accuracy and acc_turn_{k}_{improved,unchanged,degraded}_frac (improved = a wrong
         answer fixed, degraded = a right answer broken).
     """
-    out = {f"turn_{k}_accuracy": v for k, v in _per_turn_mean(cands, correct).items()}
-    acc = turn_stats(chain_scores(cands, dict(correct)), tolerance=0.5)
-    return out | {f"acc_{k}": v for k, v in acc.items() if not k.endswith("_score")}
-
-
-def _per_turn_mean(cands: list[Candidate], values: dict[str, float]) -> dict[int, float]:
-    by_turn: dict[int, list[float]] = {}
-    for c in cands:
-        if c.chain == 0 and c.id in values:
-            by_turn.setdefault(c.turn, []).append(values[c.id])
-    return {k: mean(v) for k, v in sorted(by_turn.items())}
+    acc = turn_stats(chain_scores(cands, correct), tolerance=0.5)
+    return {(f"{k.removesuffix('_score')}_accuracy" if k.endswith("_score") else f"acc_{k}"): v for k, v in acc.items()}
 
 
 def reward_vs_verifier(
