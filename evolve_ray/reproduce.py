@@ -148,7 +148,8 @@ def _run_arm_seeds(
         return run_arm(arm, seed, where, [*base, *seed_sets(seed), *lr_set], rounds=rounds, warm=warm, config=config)
 
     if not arm.trains:
-        return {"runs": [one(s, None) for s in seeds]} | aggregate([one(s, None) for s in seeds])
+        runs = [one(s, None) for s in seeds]
+        return {"runs": runs} | aggregate(runs)
     sweep: dict[str, float] = {}
     if arm.lr_from:
         lr = result["arms"][arm.lr_from]["lr"]
