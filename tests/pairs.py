@@ -38,17 +38,15 @@ def make_pair(
 def fact_pairs(
     facts: list[tuple[str, str, str]], *, template: str = RefinementConfig().template, round_: int = 0
 ) -> list[PreferencePair]:
-    """A direct and a refine pair per (question, right answer, wrong answer), prompts p0, p1, ..."""
+    """A direct, a refine and a keep pair per (question, right answer, wrong answer), prompts p0,
+    p1, ... (every kind the default evolve loss needs: its keep term is weighted by default)."""
+    prompts = {
+        "direct": lambda q, good, bad: q,
+        "refine": lambda q, good, bad: refine_user_turn(template, q, bad),
+        "keep": lambda q, good, bad: refine_user_turn(template, q, good),
+    }
     return [
-        make_pair(
-            f"p{i}",
-            kind,
-            question=q,
-            prompt=q if kind == "direct" else refine_user_turn(template, q, bad),
-            chosen=good,
-            rejected=bad,
-            round_=round_,
-        )
+        make_pair(f"p{i}", kind, question=q, prompt=prompt(q, good, bad), chosen=good, rejected=bad, round_=round_)
         for i, (q, good, bad) in enumerate(facts)
-        for kind in ("direct", "refine")
+        for kind, prompt in prompts.items()
     ]
