@@ -92,6 +92,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from evolve_ray.control import request_scale
+
+    targets = request_scale(args.run, {"generator": args.generators, "scorer": args.scorers}, address=args.address)
+    print(f"{args.run}: now aiming for {targets['generator']} generator(s), {targets['scorer']} scorer(s)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from evolve_ray.config import load_config
     from evolve_ray.loop import eval_model
@@ -265,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("scale", help="change a running run's number of generators or scorers")
+    p.add_argument("run", metavar="RUN", help="the run directory (or, with --address, the run's name)")
+    p.add_argument("--generators", type=_at_least(1), help="generators wanted")
+    p.add_argument("--scorers", type=_at_least(1), help="scorers wanted")
+    p.add_argument("--address", help="the cluster's address (default: from RUN/control.json)")
+    p.set_defaults(fn=cmd_scale)
 
     p = sub.add_parser("eval", help="per-turn evaluation of a checkpoint on held-out prompts")
     _config_args(p)

@@ -7,6 +7,11 @@ where it stopped and nothing is generated or paired twice. One that dies between
 its share of the round is done, during training or the weight push) is found by `heal`, which
 the driver calls after training and before evaluating. Restarts are counted for the report.
 
+The fleet's size can change while the run goes (`evolve-ray scale`, through the run's control
+actor): `add` starts an actor on the latest policy in a slot of its own, `leave` marks one to go
+once its current work is over (a generator after its batch; a scorer at the end of the stage),
+and `finish` removes it when its call returns.
+
 Each generator and scorer slot reserves its CPUs and GPUs in a placement group of its own, made
 once and kept for the run: a replacement takes the slot's bundle again, and when the bundle's
 node dies Ray places the bundle on another node. The run stops with one clear error when the
@@ -60,8 +65,11 @@ class Fleet:
         self.policy, self.version, self.reward = policy, version, reward
         self.restarts: Counter[str] = Counter()
         self.groups: dict[tuple[str, int], PlacementGroup] = {}
-        self.generators = [self._generator(i) for i in range(cfg.generation.num_generators)]
-        self.scorers = [self._scorer(i) for i in range(cfg.scoring.num_scorers)]
+        self.actors: dict[str, dict[int, Any]] = {role: {} for role in ROLES}
+        self.leaving: dict[str, set[int]] = {role: set() for role in ROLES}
+        counts = {"generator": cfg.generation.num_generators, "scorer": cfg.scoring.num_scorers}
+        for role in ROLES:
+            self.actors[role] = {i: self._new(role, i) for i in range(counts[role])}
         # Every buffer method is idempotent (ids dedupe, state is rebuilt from the journal), so
         # calls made while Ray restarts a dead buffer are simply retried against the new one.
         # It lives on the driver's node: losing a worker node then costs only replaceable actors.
@@ -71,6 +79,40 @@ class Fleet:
             name="buffer", max_restarts=-1, max_task_retries=-1, scheduling_strategy=driver_node
         ).remote(cfg, str(run_dir), task)
         self._wait_placed()
+
+    @property
+    def generators(self) -> list[Any]:
+        return [self.actors["generator"][i] for i in sorted(self.actors["generator"])]
+
+    @property
+    def scorers(self) -> list[Any]:
+        return [self.actors["scorer"][i] for i in sorted(self.actors["scorer"])]
+
+    def staying(self, role: str) -> list[int]:
+        """The slots of `role` that are not leaving."""
+        return sorted(set(self.actors[role]) - self.leaving[role])
+
+    def add(self, role: str) -> int:
+        """Start one more actor of `role` (on the latest policy) in the lowest free slot."""
+        i = min(set(range(len(self.actors[role]) + 1)) - set(self.actors[role]))
+        self.actors[role][i] = self._new(role, i)
+        log.info("scaled up: %s %d starts (now %d)", role, i, len(self.actors[role]))
+        return i
+
+    def leave(self, role: str, i: int) -> None:
+        """Mark slot i to go once its current work is over (`finish` or `remove` ends it)."""
+        self.leaving[role].add(i)
+
+    def remove(self, role: str, i: int) -> None:
+        """Stop slot i's actor and free its placement group."""
+        ray.kill(self.actors[role].pop(i), no_restart=True)
+        self.leaving[role].discard(i)
+        if (group := self.groups.pop((role, i), None)) is not None:
+            remove_placement_group(group)
+        log.info("scaled down: %s %d left (now %d)", role, i, len(self.actors[role]))
+
+    def _new(self, role: str, i: int) -> Any:
+        return self._generator(i) if role == "generator" else self._scorer(i)
 
     def _generator(self, i: int) -> Any:
         g = self.cfg.generation
@@ -125,9 +167,9 @@ class Fleet:
         self.version, self.policy = version, policy
 
     def replace(self, role: str, i: int) -> None:
-        actors = self.generators if role == "generator" else self.scorers
+        actors = self.actors[role]
         ray.kill(actors[i], no_restart=True)
-        actors[i] = self._generator(i) if role == "generator" else self._scorer(i)
+        actors[i] = self._new(role, i)
         self.restarts[role] += 1
         log.warning("%s %d died; replaced it (restarts so far: %d)", role, i, self.restarts[role])
 
@@ -137,8 +179,8 @@ class Fleet:
         (placed on a node before Ray knew the node was gone): it is replaced again."""
         attempts = Attempts("replacing")
         for role in ROLES:
-            actors = self.generators if role == "generator" else self.scorers
-            todo = list(range(len(actors)))
+            actors = self.actors[role]
+            todo = sorted(actors)
             while todo:
                 probes = {i: actors[i].info.remote() for i in todo}
                 todo = []
@@ -157,21 +199,32 @@ class Fleet:
 
     def launch(self, role: str, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int]) -> Launch:
         """Start `submit(actor, i)` for each index without waiting (stages overlap)."""
-        actors = self.generators if role == "generator" else self.scorers
+        actors = self.actors[role]
         return Launch(role, submit, {submit(actors[i], i): i for i in indices}, Attempts(role))
 
+    def submit(self, job: Launch, i: int) -> None:
+        """Add slot i's call to a running launch (an actor added mid-stage)."""
+        job.pending[job.submit(self.actors[job.role][i], i)] = i
+
     def finish(self, job: Launch, on_tick: Callable[[], None] = lambda: None) -> dict[int, Any]:
-        """Wait for a launch; replace a dead actor and resubmit its share of the work."""
-        actors = self.generators if job.role == "generator" else self.scorers
+        """Wait for a launch; replace a dead actor and resubmit its share of the work. A leaving
+        actor is removed once its call returns (or it dies: its work is then given to the others)."""
+        actors = self.actors[job.role]
         while job.pending:
             ready, _ = ray.wait(list(job.pending), num_returns=1, timeout=1.0)
             on_tick()
             for ref in ready:
                 i = job.pending.pop(ref)
                 try:
-                    job.results[i] = ray.get(ref)
+                    result = ray.get(ref)
+                    job.results[i] = _add_up(job.results.get(i), result)
+                    if i in self.leaving[job.role]:
+                        self.remove(job.role, i)
                     continue
                 except RayActorError as e:
+                    if i in self.leaving[job.role]:
+                        self.remove(job.role, i)
+                        continue
                     job.attempts.failed(i, e)
                     if isinstance(e, RayTaskError):  # alive, but an actor it called died (the buffer, restarting)
                         log.warning("%s %d lost an actor it called (%s); retrying", job.role, i, type(e.cause).__name__)
@@ -197,3 +250,10 @@ class Fleet:
             ray.kill(actor, no_restart=True)
         for pg in self.groups.values():
             remove_placement_group(pg)
+
+
+def _add_up(old: dict[str, float] | None, new: Any) -> Any:
+    """One slot's results over the stage: counters add up when the slot is run again."""
+    if old is None or not isinstance(new, dict):
+        return new
+    return {k: old.get(k, 0.0) + v for k, v in new.items()} | {k: v for k, v in old.items() if k not in new}

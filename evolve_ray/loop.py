@@ -1,7 +1,7 @@
 """The round loop (driver): each round is a list of named stages, each resumable.
 
-    collect   draw prompts -> generators stream turns into the buffer while scorers score them
-              -> the buffer turns complete chains into pairs                      [overlapped]
+    collect   draw prompts -> generators pull them in batches and stream turns into the buffer
+              while scorers score them -> the buffer turns complete chains into pairs  [overlapped]
     train     the long-lived Ray Train group trains on the pairs, checkpoints, pushes weights
     evaluate  held-out prompts, greedy chain, scored per turn -> the round's report row; at the end
               (or every round) the run.eval_strategies comparison
@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from tqdm import tqdm
 
+from evolve_ray.collect import collect, open_round, rescale, restarts_since
 from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
 from evolve_ray.console import route_actor_output, run_log
+from evolve_ray.control import start_control
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import check_strategies, eval_temperature, evaluate_prompts, evaluate_strategies
-from evolve_ray.fleet import ROLES, Fleet
+from evolve_ray.fleet import Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
@@ -36,7 +37,6 @@ from evolve_ray.status import StatusWriter
 from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.train.job import TrainerGroup
-from evolve_ray.types import Prompt
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
@@ -53,6 +53,7 @@ class Session:
     trainer: TrainerGroup
     exporter: MetricsExporter
     task: Any
+    control: Any  # the run's RunControl actor (control.py): the counts `evolve-ray scale` asked for
     state: dict[str, Any] = field(default_factory=dict)
     generator_infos: list[dict[str, Any]] = field(default_factory=list)
 
@@ -72,6 +73,7 @@ class Session:
         """Stop the trainer group and the actors (names are free again for the next run)."""
         self.trainer.shutdown()
         self.fleet.close()
+        ray.kill(self.control, no_restart=True)
 
     def done(self, round_: int, stage: str) -> bool:
         last = self.state.get("last")
@@ -94,73 +96,6 @@ class Session:
 
 # ----------------------------------------------------------------------------------------------
 # Stages
-
-
-def draw_prompts(s: Session, round_: int) -> list[Prompt]:
-    d = s.cfg.data
-    offset = round_ * d.prompts_per_round if d.fresh_per_round else 0
-    return s.task.prompts("round", d.prompts_per_round, offset=offset)
-
-
-def open_round(s: Session, round_: int) -> list[Prompt]:
-    """The round's prompts, with the buffer holding that round (replayed from its journal)."""
-    prompts = draw_prompts(s, round_)
-    ray.get(s.buffer.open_round.remote(round_, prompts))
-    return prompts
-
-
-def collect(s: Session, round_: int) -> dict[str, Any]:
-    """Generate the round's chains while scorers score them as they arrive; pairs come out."""
-    prompts = open_round(s, round_)
-    pending = set(ray.get(s.buffer.pending_prompts.remote()))
-    todo = [p for p in prompts if p.id in pending]
-    shards = [todo[i :: len(s.generators)] for i in range(len(s.generators))]
-    restarts_before = dict(s.fleet.restarts)
-
-    def generate(g: Any, i: int) -> ray.ObjectRef:
-        # Existing candidates come from the buffer at each (re)submission: a retried shard
-        # resumes every prompt where the journal says it stopped.
-        existing = ray.get(s.buffer.candidates_of.remote([p.id for p in shards[i]]))
-        return g.generate.remote(shards[i], round_, existing, s.buffer)
-
-    def score(sc: Any, i: int) -> ray.ObjectRef:
-        ray.get(s.buffer.requeue_inflight.remote())  # work a dead scorer held goes back in the queue
-        return sc.run.remote(s.buffer)
-
-    scoring = s.fleet.launch("scorer", score, list(range(len(s.scorers))))
-    generating = s.fleet.launch("generator", generate, [i for i, sh in enumerate(shards) if sh])
-    with tqdm(desc=f"round {round_} generate", unit="cand", leave=False) as bar:
-
-        def tick() -> None:
-            bar.update(int(ray.get(s.buffer.summary.remote())["buffer/candidates"]) - bar.n)
-
-        gen_stats = list(s.fleet.finish(generating, tick).values())
-    # generation_done is re-sent on every tick: a restarted buffer starts without it.
-    score_stats = list(s.fleet.finish(scoring, lambda: ray.get(s.buffer.generation_done.remote())).values())
-    out = collect_metrics(s, gen_stats, score_stats)
-    out["gen/prompts"] = float(len(prompts))
-    return out | restarts_since(s, restarts_before)
-
-
-def restarts_since(s: Session, before: dict[str, int]) -> dict[str, float]:
-    """The stage's actor replacements; `Session.mark` adds them up over the round's stages."""
-    return {f"fault/{role}_restarts": float(s.fleet.restarts[role] - before.get(role, 0)) for role in ROLES}
-
-
-def collect_metrics(s: Session, gen_stats: list[dict], score_stats: list[dict]) -> dict[str, Any]:
-    """The collect stage's report keys: the buffer's own round metrics, plus throughput."""
-    out = ray.get(s.buffer.finalize.remote())
-    tokens = sum(st["gen/tokens"] for st in gen_stats)
-    gen_s = max((st["gen/seconds"] for st in gen_stats), default=0.0)
-    for st in gen_stats:  # skip / truncation counters, summed over generators
-        for k, v in st.items():
-            if k.startswith(("gen/skipped_", "gen/truncated_")):
-                out[k] = out.get(k, 0.0) + v
-    return out | {
-        "gen/tokens": tokens,
-        "gen/tokens_per_s": tokens / gen_s if gen_s else 0.0,
-        "score/busy_s": sum(st["score/busy_s"] for st in score_stats),
-    }
 
 
 def train(s: Session, round_: int) -> dict[str, Any]:
@@ -266,7 +201,7 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
     status.update(
         state="running",
         policy_version=_trained_rounds(state),
-        generators=[f"{i['index']}:{i['backend']}" for i in s.generator_infos],
+        generators=_fleet_names(s),
     )
     steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
         ("collect", collect),
@@ -283,9 +218,11 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
                 if s.done(r, name):
                     continue
                 t = time.perf_counter()
-                status.update(round=r, stage=name)
+                rescale(s, {})  # `evolve-ray scale` between stages (collect also applies it while it runs)
+                status.update(round=r, stage=name, generators=_fleet_names(s))
                 metrics = fn(s, r)
                 metrics[f"time/{name}_s"] = time.perf_counter() - t
+                metrics |= {"fleet/generators": float(len(s.generators)), "fleet/scorers": float(len(s.scorers))}
                 s.mark(r, name, metrics)
                 log.info(stage_line(r, name, metrics))
                 if "policy/version" in metrics:
@@ -344,9 +281,15 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
     trainer.start()  # the worker group starts while generators load
     infos = fleet.ready()
     log.info("generators ready: %s", ", ".join(f"{i['index']}:{i['backend']}@v{i['version']}" for i in infos))
+    control = start_control(run_dir, {"generator": len(fleet.generators), "scorer": len(fleet.scorers)})
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, state, infos)
+    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, control, state, infos)
+
+
+def _fleet_names(s: Session) -> list[str]:
+    backend = s.generator_infos[0]["backend"] if s.generator_infos else "?"
+    return [f"{i}:{backend}" for i in sorted(s.fleet.actors["generator"])]
 
 
 def _trained_rounds(state: dict) -> int:

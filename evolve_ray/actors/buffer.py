@@ -46,6 +46,7 @@ class BufferActor:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.state: BufferState | None = None
         self.generation_finished = False
+        self.workers = 1  # generators sharing the round's work (sets the guided batch size)
         self.extract = task.extract_answer if task.verifiable else None
         self.verify = task.verify if task.verifiable else None
         self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
@@ -71,6 +72,21 @@ class BufferActor:
 
     def add_candidates(self, cands: list[Candidate], finished: list[str]) -> int:
         return self._s.add_candidates(cands, finished)
+
+    def set_workers(self, n: int) -> None:
+        self.workers = n
+
+    def take_work(self, worker: int, max_batch: int) -> tuple[list[Prompt], list[Candidate]]:
+        """Generator `worker`'s next prompts, with their candidates already in the journal (a
+        prompt given back by a dead generator resumes where it stopped). Empty: no more work."""
+        prompts = self._s.take_work(worker, workers=self.workers, max_batch=max_batch)
+        return prompts, self._s.candidates_of([p.id for p in prompts])
+
+    def release_work(self, worker: int | None = None) -> int:
+        return self._s.release_work(worker)
+
+    def retire(self, worker: int, retiring: bool = True) -> None:
+        self._s.retire(worker, retiring)
 
     def generation_done(self) -> None:
         self.generation_finished = True

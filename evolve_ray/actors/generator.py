@@ -63,6 +63,19 @@ class GeneratorActor:
         ray.get(refs)  # the buffer has everything before the call returns
         return stats
 
+    def work(self, round_: int, buffer, worker: int, max_batch: int) -> dict:
+        """Pull batches of prompts from `buffer` until it has none left for this generator;
+        each batch's turns stream to the buffer as `generate` does. Returns summed counters
+        (gen/seconds: this generator's busy time)."""
+        totals: dict[str, float] = {}
+        while True:
+            prompts, existing = ray.get(buffer.take_work.remote(worker, max_batch))
+            if not prompts:
+                return totals | {"gen/batches": totals.get("gen/batches", 0.0)}
+            stats = self.generate(prompts, round_, existing, buffer) | {"gen/batches": 1.0}
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+
     def generate_eval(
         self, prompts: list[Prompt], round_: int, strategy: Strategy, num_samples: int, turns: int, temperature: float
     ) -> list[Candidate]:

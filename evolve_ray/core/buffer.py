@@ -1,5 +1,11 @@
 """The buffer's logic: candidates stream in, scores attach, complete chains become pairs.
 
+Generators pull their work: `take_work` hands a generator its next few unfinished prompts
+(guided: large batches while much is left, smaller towards the end of the round, so a generator
+added mid-round gets a share and a slow one does not hold the round back). Every hand-out is
+journaled as a claim, so a recreated buffer does not hand a prompt to a second generator while
+the first still works on it; `release_work` gives a dead generator's claims back.
+
 A prompt is decided once its generator said it is finished and every candidate has a score;
 then the selection rule turns it into pairs (or a recorded reason for none). Every event is
 appended to the round's journal as a parquet part file, so a recreated buffer replays the
@@ -20,7 +26,8 @@ from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCan
 
 Selector = Callable[[Prompt, list[ScoredCandidate]], Selection]
 Verify = Callable[[Prompt, str], bool]
-KINDS = ("prompts", "candidates", "finished", "scores", "decisions", "pairs")
+KINDS = ("prompts", "candidates", "finished", "scores", "decisions", "pairs", "claims")
+RELEASED = -1  # a claims row's worker for "given back"
 
 
 class RoundJournal:
@@ -53,6 +60,8 @@ class BufferState:
         self.pairs: dict[str, PreferencePair] = {}
         self.unscored: deque[str] = deque()
         self.inflight: set[str] = set()
+        self.claims: dict[str, int] = {}  # unfinished prompt -> the generator working on it
+        self.retiring: set[int] = set()  # generators that take no more work (scaled down)
         self.counters: Counter[str] = Counter()
         self._replay()
 
@@ -74,6 +83,35 @@ class BufferState:
         for pid in fin:
             self._try_decide(pid)
         return len(new)
+
+    def take_work(self, worker: int, *, workers: int, max_batch: int) -> list[Prompt]:
+        """The next prompts for generator `worker` to generate (empty: nothing left for it).
+
+        A generator asks again only after finishing its batch, so its earlier claims are done.
+        Guided batch size: the unclaimed prompts over twice the number of `workers`, within
+        [1, max_batch]. A retiring generator gets nothing (it finishes its batch and leaves)."""
+        self._drop_claims(worker)
+        free = [p for p in self.prompts if p not in self.finished and p not in self.claims]
+        if worker in self.retiring or not free:
+            return []
+        size = min(max_batch, max(1, -(-len(free) // (2 * max(1, workers)))))
+        batch = free[:size]
+        self._claim(batch, worker)
+        return [self.prompts[p] for p in batch]
+
+    def release_work(self, worker: int | None = None) -> int:
+        """Give back the unfinished prompts `worker` held (it died), or every generator's (none
+        is working); returns how many."""
+        workers = set(self.claims.values()) if worker is None else {worker}
+        return sum(self._drop_claims(w) for w in workers)
+
+    def retire(self, worker: int, retiring: bool = True) -> None:
+        """`worker` takes no more work (its current batch is its last), or takes it again (a slot
+        scaled down and up again within the round)."""
+        if retiring:
+            self.retiring.add(worker)
+        else:
+            self.retiring.discard(worker)
 
     def take_unscored(self, n: int) -> list[tuple[Candidate, Prompt]]:
         out: list[tuple[Candidate, Prompt]] = []
@@ -190,6 +228,17 @@ class BufferState:
         write_parquet(out / "pairs.parquet", [to_row(p) for p in sorted(self.pairs.values(), key=lambda p: p.id)])
 
     # -- internals ----------------------------------------------------------------------------
+    def _claim(self, prompt_ids: list[str], worker: int) -> None:
+        self.journal.append("claims", [{"prompt_id": p, "worker": worker} for p in prompt_ids])
+        self.claims.update((p, worker) for p in prompt_ids)
+
+    def _drop_claims(self, worker: int) -> int:
+        held = [p for p, w in self.claims.items() if w == worker]
+        self.journal.append("claims", [{"prompt_id": p, "worker": RELEASED} for p in held])
+        for p in held:
+            del self.claims[p]
+        return sum(1 for p in held if p not in self.finished)
+
     def _try_decide(self, pid: str) -> None:
         if pid in self.decisions or pid not in self.finished:
             return
@@ -232,6 +281,11 @@ class BufferState:
         self.finished.update(r["prompt_id"] for r in self.journal.read("finished"))
         self.pairs.update({(p := from_row(PreferencePair, r)).id: p for r in self.journal.read("pairs")})
         self.decisions.update({r["prompt_id"]: r for r in self.journal.read("decisions")})
+        for r in self.journal.read("claims"):  # in order: the last row of a prompt is its state
+            if r["worker"] == RELEASED:
+                self.claims.pop(r["prompt_id"], None)
+            else:
+                self.claims[r["prompt_id"]] = r["worker"]
         self.unscored = deque(c for c in self.unscored if c not in self.scores)
         for pid in list(self.finished):  # a crash between a score and its decision: decide now
             self._try_decide(pid)

@@ -75,7 +75,7 @@ def _record_replacements(monkeypatch) -> list[tuple[str, str | None, str | None]
 
     def replace(self: Fleet, role: str, i: int) -> None:
         real(self, role, i)
-        actor = (self.generators if role == "generator" else self.scorers)[i]
+        actor = self.actors[role][i]
         seen.append((role, self.groups[role, i].id.hex(), ray.get(actor.info.remote())["placement_group"]))
 
     monkeypatch.setattr(Fleet, "replace", replace)

@@ -17,6 +17,8 @@ SHELL = (
     "evolve_ray.cli",
     "evolve_ray.evaluation",
     "evolve_ray.fleet",
+    "evolve_ray.collect",
+    "evolve_ray.control",
     "evolve_ray.reproduce",
     "evolve_ray.metrics_export",
     "evolve_ray.bench",
