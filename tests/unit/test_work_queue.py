@@ -53,6 +53,7 @@ def test_claims_survive_a_buffer_restart_and_a_dead_generator_gives_its_prompts_
     restarted = BufferState(0, RoundJournal(tmp_path / "journal"), _no_pairs)
     other = restarted.take_work(1, workers=1, max_batch=4)
     assert [p.id for p in other] == ["p02"]  # not p01, which generator 0 still holds
+    _finish(restarted, other)
     assert restarted.release_work(0) == 1  # generator 0 died: its unfinished prompt goes back
     assert [p.id for p in restarted.take_work(1, workers=1, max_batch=4)] == ["p01"]
 
