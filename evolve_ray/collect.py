@@ -57,14 +57,16 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
         while ray.get(s.buffer.pending_prompts.remote()):
             ray.get(s.buffer.release_work.remote())  # no generator is working now
             running["generator"] = s.fleet.launch("generator", generate, s.fleet.staying("generator"))
-            for i, st in s.fleet.finish(running.pop("generator"), tick).items():
+            for i, st in s.fleet.finish(running["generator"], tick).items():
                 gen_stats[i] = {k: gen_stats.get(i, {}).get(k, 0.0) + v for k, v in st.items()}
+            del running["generator"]
 
     def scoring_tick() -> None:
         rescale(s, running)
         ray.get(s.buffer.generation_done.remote())  # re-sent on every tick: a restarted buffer starts without it
 
-    score_stats = list(s.fleet.finish(running.pop("scorer"), scoring_tick).values())
+    score_stats = list(s.fleet.finish(running["scorer"], scoring_tick).values())
+    del running["scorer"]
     out = collect_metrics(s, list(gen_stats.values()), score_stats)
     out["gen/prompts"] = float(len(prompts))
     return out | restarts_since(s, restarts_before)

@@ -77,7 +77,7 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
             nonlocal version
             job = RoundJob(version, [], [ray.put(gens[:n])], policy, "object_store", submitted_at=time.time())
             version += 1
-            seconds, lost = push_weights(state, job)
+            seconds, lost, _ = push_weights(state, job)
             if lost:
                 raise RuntimeError(f"{lost} generator(s) died during the push benchmark")
             return seconds

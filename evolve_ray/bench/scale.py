@@ -1,5 +1,7 @@
-"""scale: generation tokens/s with 1, 2 and 4 generators sharing one fixed workload (the collect
-stage's split: prompts[i::n]), against linear scaling of the single generator."""
+"""scale: generation tokens/s with 1, 2 and 4 generators sharing one fixed workload split up
+front (prompts[i::n]), against linear scaling of the single generator; and with 1 and 2
+generators pulling the same workload from the buffer in guided batches (the collect stage's way,
+which lets generators join and leave mid-round), against that static split."""
 
 from __future__ import annotations
 
@@ -10,20 +12,29 @@ import ray
 
 from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.bench.context import GEN_PROMPTS, GEN_SPEC, BenchContext, param_count, wall
-from evolve_ray.bench.report import BenchResult, Figure
+from evolve_ray.bench.report import BenchResult, Figure, Goal
 
 COUNTS = (1, 2, 4)
+PULL_COUNTS = (1, 2)
 REPS = 2
 FLAT = 0.75  # efficiency below which the curve counts as flattened
 
 
-def one_run(ctx: BenchContext, gens: list[Any], tag: str, n_prompts: int = GEN_PROMPTS) -> tuple[float, float]:
-    """(seconds, tokens) for the whole workload split over `gens`."""
+def one_run(
+    ctx: BenchContext, gens: list[Any], tag: str, n_prompts: int = GEN_PROMPTS, *, pull: bool = False
+) -> tuple[float, float]:
+    """(seconds, tokens) for the whole workload split over `gens` up front, or pulled by them."""
     prompts = ctx.prompts(n_prompts)
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "scale" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
+    cfg = ctx.gen_config()
+    buf = BufferActor.remote(cfg, str(ctx.workdir / "scale" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(0, prompts))
-    n = len(gens)
-    seconds, stats = wall(lambda: ray.get([g.generate.remote(prompts[i::n], 0, [], buf) for i, g in enumerate(gens)]))
+    ray.get(buf.set_workers.remote(len(gens)))
+    n, batch = len(gens), cfg.generation.max_work_batch
+    if pull:
+        calls = lambda: ray.get([g.work.remote(0, buf, i, batch) for i, g in enumerate(gens)])  # noqa: E731
+    else:
+        calls = lambda: ray.get([g.generate.remote(prompts[i::n], 0, [], buf) for i, g in enumerate(gens)])  # noqa: E731
+    seconds, stats = wall(calls)
     ray.kill(buf)
     return seconds, sum(s["gen/tokens"] for s in stats)
 
@@ -34,12 +45,26 @@ def run(ctx: BenchContext) -> BenchResult:
         one_run(ctx, [g], f"warmup{i}", n_prompts=2)
     tps: dict[int, float] = {}
     samples: dict[int, list[float]] = {}
+    pull_tps: dict[int, float] = {}
     for n in COUNTS:
         runs = [one_run(ctx, gens[:n], f"n{n}r{rep}") for rep in range(REPS)]
         seconds, tokens = min(runs)
         tps[n], samples[n] = tokens / seconds, [round(s, 3) for s, _ in runs]
+    for n in PULL_COUNTS:
+        seconds, tokens = min(one_run(ctx, gens[:n], f"pull{n}r{rep}", pull=True) for rep in range(REPS))
+        pull_tps[n] = tokens / seconds
     figures = [
         Figure(f"{n} generator(s), tokens/s", tps[n], "tok/s", peer=n * tps[1], peer_name="linear") for n in COUNTS
+    ] + [
+        Figure(
+            f"{n} generator(s) pulling work, tokens/s",
+            pull_tps[n],
+            "tok/s",
+            peer=tps[n],
+            peer_name="static split",
+            goal=Goal("ratio", ">=", 1.0),  # pulling must not cost throughput
+        )
+        for n in PULL_COUNTS
     ]
     cores = os.cpu_count() or 1
     flat = [n for n in COUNTS if tps[n] / (n * tps[1]) < FLAT]
@@ -59,6 +84,7 @@ def run(ctx: BenchContext) -> BenchResult:
             "prompts": GEN_PROMPTS,
             "strategy": f"{g.strategy} (N={g.num_samples})",
             "max_new_tokens": g.max_new_tokens,
+            "max_work_batch": g.max_work_batch,
             "num_cpus_each": g.cpus_per_generator,
             "cluster": "one node (this machine)",
             "physical_cpus": cores,

@@ -124,10 +124,10 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     state = full_state_dict(w.model, tcfg)  # collective under FSDP
-    sync_s, lost = 0.0, 0
+    sync_s, lost, reached = 0.0, 0, 0
     if w.rank == 0:
         save_checkpoint(w, state, job.checkpoint_dir)
-        sync_s, lost = push_weights(state, job)
+        sync_s, lost, reached = push_weights(state, job)
     metrics = (
         round_metrics(history, len(examples))
         | facts
@@ -136,6 +136,7 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
             "train/save_seconds": time.perf_counter() - t1 - sync_s,
             "sync/seconds": sync_s,
             "sync/generators_lost": float(lost),
+            "sync/generators_reached": float(reached),
             "policy/version": float(job.round + 1),
         }
     )
@@ -231,14 +232,14 @@ def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> Non
     w.tokenizer.save_pretrained(path)
 
 
-def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> tuple[float, int]:
+def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> tuple[float, int, int]:
     """Put the new weights in the object store once; every generator loads them as version round+1.
 
-    Returns (seconds, generators lost). A generator that died since the pairs were handed over
+    Returns (seconds, generators lost, generators that now serve the new version). A generator that died since the pairs were handed over
     (killed, its node gone) is skipped and counted, not fatal: the driver replaces it with one
     that loads this round's checkpoint. A live generator serving the wrong version is an error."""
     if not job.generators:
-        return 0.0, 0
+        return 0.0, 0, 0
     t0 = time.perf_counter()
     saved = checkpoint_shapes(job.checkpoint_dir)  # the names vLLM expects (tied weights saved once)
     missing = sorted(set(saved) - set(state))
@@ -257,7 +258,7 @@ def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> tuple[float, 
             logger.warning("generator %d is gone (%s); the driver replaces it", i, type(e).__name__)
     if any(v != version for v in served):
         raise RuntimeError(f"generators serve versions {served}, expected {version}")
-    return time.perf_counter() - t0, lost
+    return time.perf_counter() - t0, lost, len(served)
 
 
 def report(w: Worker, job: RoundJob, metrics: dict[str, float]) -> None:
