@@ -74,20 +74,22 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
 
 def rescale(s: Session, running: dict[str, Launch]) -> None:
     """Bring the fleet to the counts `evolve-ray scale` asked for. An added actor starts on the
-    latest policy and joins a running launch at once; a generator scaled down finishes its batch
-    and leaves (a scorer, at the end of the stage); between stages one leaves at once."""
+    latest policy and joins (a running launch included) once it is placed and answers; a
+    generator scaled down finishes its batch and leaves (a scorer, at the end of the stage);
+    between stages one leaves at once."""
     targets = ray.get(s.control.targets.remote())
     for role in ROLES:
-        staying = s.fleet.staying(role)
-        for _ in range(targets[role] - len(staying)):
-            i = s.fleet.add(role)
+        for i in s.fleet.joined(role):
             if role == "generator":
                 ray.get(s.buffer.retire.remote(i, False))  # a slot that left earlier this round takes work again
             if role in running:
                 s.fleet.submit(running[role], i)
-        for i in staying[targets[role] :]:
+        wanted = s.fleet.wanted(role)
+        for _ in range(targets[role] - len(wanted)):
+            s.fleet.add(role)
+        for i in wanted[targets[role] :]:
             s.fleet.leave(role, i)
-            if role not in running:
+            if role not in running and i in s.fleet.actors[role]:
                 s.fleet.remove(role, i)
     for i in s.fleet.leaving["generator"]:  # re-sent every tick: a restarted buffer forgets
         ray.get(s.buffer.retire.remote(i))

@@ -67,6 +67,7 @@ class Fleet:
         self.groups: dict[tuple[str, int], PlacementGroup] = {}
         self.actors: dict[str, dict[int, Any]] = {role: {} for role in ROLES}
         self.leaving: dict[str, set[int]] = {role: set() for role in ROLES}
+        self.joining: dict[str, dict[int, tuple[Any, ray.ObjectRef]]] = {role: {} for role in ROLES}
         counts = {"generator": cfg.generation.num_generators, "scorer": cfg.scoring.num_scorers}
         for role in ROLES:
             self.actors[role] = {i: self._new(role, i) for i in range(counts[role])}
@@ -89,18 +90,58 @@ class Fleet:
         return [self.actors["scorer"][i] for i in sorted(self.actors["scorer"])]
 
     def staying(self, role: str) -> list[int]:
-        """The slots of `role` that are not leaving."""
+        """The working slots of `role` that are not leaving."""
         return sorted(set(self.actors[role]) - self.leaving[role])
 
+    def wanted(self, role: str) -> list[int]:
+        """The slots that count towards the target: staying, and joining."""
+        return sorted(set(self.staying(role)) | set(self.joining[role]))
+
     def add(self, role: str) -> int:
-        """Start one more actor of `role` (on the latest policy) in the lowest free slot."""
-        i = min(set(range(len(self.actors[role]) + 1)) - set(self.actors[role]))
-        self.actors[role][i] = self._new(role, i)
-        log.info("scaled up: %s %d starts (now %d)", role, i, len(self.actors[role]))
+        """Start one more actor of `role` (on the latest policy) in the lowest free slot. It
+        joins the fleet (`joined`) once it answers; until then it gets no work or weights."""
+        taken = set(self.actors[role]) | set(self.joining[role])
+        i = min(set(range(len(taken) + 1)) - taken)
+        actor = self._new(role, i)
+        self.joining[role][i] = (actor, actor.info.remote())
+        log.info(
+            "scaled up: %s %d starts; it takes work once placed and loaded (a cluster with the autoscaler "
+            "launches a node for it if none has room; the others carry the work meanwhile)",
+            role,
+            i,
+        )
         return i
 
+    def joined(self, role: str) -> list[int]:
+        """The added slots that are ready now, moved into the fleet. A generator that missed a
+        weight push while it started is started again on the latest checkpoint."""
+        out = []
+        for i, (actor, probe) in list(self.joining[role].items()):
+            if not ray.wait([probe], timeout=0)[0]:
+                continue
+            try:
+                info = ray.get(probe)
+            except RayActorError:
+                info = None
+            if info is None or (role == "generator" and info["version"] != self.version):
+                ray.kill(actor, no_restart=True)
+                fresh = self._new(role, i)
+                self.joining[role][i] = (fresh, fresh.info.remote())
+                continue
+            del self.joining[role][i]
+            self.actors[role][i] = actor
+            out.append(i)
+            log.info("%s %d joined (now %d)", role, i, len(self.actors[role]))
+        return out
+
     def leave(self, role: str, i: int) -> None:
-        """Mark slot i to go once its current work is over (`finish` or `remove` ends it)."""
+        """Mark slot i to go once its current work is over (`finish` or `remove` ends it); a
+        slot still joining goes at once."""
+        if i in self.joining[role]:
+            ray.kill(self.joining[role].pop(i)[0], no_restart=True)
+            if (group := self.groups.pop((role, i), None)) is not None:
+                remove_placement_group(group)
+            return
         self.leaving[role].add(i)
 
     def remove(self, role: str, i: int) -> None:
@@ -246,7 +287,8 @@ class Fleet:
                 self.heal()
 
     def close(self) -> None:
-        for actor in [*self.generators, *self.scorers, self.buffer]:
+        joining = [actor for role in ROLES for actor, _ in self.joining[role].values()]
+        for actor in [*self.generators, *self.scorers, *joining, self.buffer]:
             ray.kill(actor, no_restart=True)
         for pg in self.groups.values():
             remove_placement_group(pg)
