@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue a run from its last completed stage; --set/--config may change run.rounds, generators, "
-        "scorers, evaluation, logging and cluster settings (README: Resuming)",
+        "scorers, evaluation, logging and cluster settings; other changes are refused",
     )
     _verbose_arg(p)
     p.set_defaults(fn=cmd_run)
