@@ -68,7 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evolve_ray.report import closing_text
 
     if args.resume:
-        print(closing_text(resume_run(Path(args.resume))))
+        if args.out:
+            raise UserError("--out cannot be used with --resume: a resumed run stays in its directory (RUN)")
+        print(closing_text(resume_run(Path(args.resume), config=args.config, sets=args.sets)))
         return 0
     sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
     print(closing_text(run(load_config(args.config, sets))))
@@ -189,12 +191,18 @@ def job_main(argv: list[str] | None = None) -> int:
         from evolve_ray.config import load_config
         from evolve_ray.loop import resume_run, run
         from evolve_ray.report import closing_text
+        from evolve_ray.resume_settings import plan_resume
 
+        if args.resume and args.out:
+            raise UserError("--out cannot be used with --resume: a resumed run stays in its directory (RUN)")
         sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
-        cfg = None if args.resume else load_config(args.config, sets)  # errors before joining the cluster
+        # Errors (a bad value, a setting a resume may not change) before joining the cluster.
+        cfg = None if args.resume else load_config(args.config, sets)
+        if args.resume:
+            plan_resume(Path(args.resume), args.config, sets)
         ray.init(address="auto")
         if cfg is None:
-            print(closing_text(resume_run(Path(args.resume))))
+            print(closing_text(resume_run(Path(args.resume), config=args.config, sets=sets)))
         else:
             print(closing_text(run(cfg)))
         return 0
@@ -259,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run EVOLVE rounds from a config")
     _config_args(p)
     p.add_argument("--out", help="run directory (overrides run.out)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed stage")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a run from its last completed stage; --set/--config may change run.rounds, generators, "
+        "scorers, evaluation, logging and cluster settings; other changes are refused",
+    )
     _verbose_arg(p)
     p.set_defaults(fn=cmd_run)
 

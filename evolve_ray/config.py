@@ -405,9 +405,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file's overrides, then each `--set a.b=c` in order."""
-    merged: dict[str, Any] = read_yaml(path) if path else {}
+def load_config(
+    path: str | Path | None = None, sets: list[str] | tuple[str, ...] = (), *, base: dict[str, Any] | None = None
+) -> Config:
+    """Defaults, then `base` (a resumed run's stored config), then the YAML file's overrides, then
+    each `--set a.b=c` in order."""
+    merged: dict[str, Any] = _merge(base or {}, read_yaml(path) if path else {})
     for item in sets:
         merged = _merge(merged, parse_set(item))
     return validate(_build(Config, merged, ""))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from evolve_ray.collect import collect, open_round, rescale, restarts_since
-from evolve_ray.config import Config, dump_yaml, load_config, replace, to_dict
+from evolve_ray.config import Config, dump_yaml, replace, to_dict
 from evolve_ray.console import route_actor_output, run_log
 from evolve_ray.control import start_control
 from evolve_ray.errors import UserError
@@ -32,6 +32,7 @@ from evolve_ray.fleet import Fleet
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
+from evolve_ray.resume_settings import changes_text, plan_resume, record_resume
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.status import StatusWriter
 from evolve_ray.summary import stage_line
@@ -166,20 +167,23 @@ def run(cfg: Config) -> Path:
     return _drive(cfg, run_dir, {"last": None})
 
 
-def resume_run(run_dir: Path) -> Path:
-    run_dir = run_dir.resolve()
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    state = read_json(run_dir / "state.json") if (run_dir / "state.json").exists() else {"last": None}
-    log.info("resuming %s after %s", run_dir, state.get("last"))
-    return _drive(cfg, run_dir, state)
+def resume_run(run_dir: Path, *, config: str | Path | None = None, sets: Sequence[str] = ()) -> Path:
+    """Continue the run in `run_dir` from its last completed stage, with the settings a resume may
+    change (resume_settings) taken from `config` and `sets`; any other change is refused before
+    any actor starts. The new settings go to RUN/config.yaml, the changes to RUN/resumes.jsonl."""
+    plan = plan_resume(run_dir, config, sets)
+    notes = [f"resuming {plan.run_dir} after {plan.state.get('last')}"]
+    if record_resume(plan):
+        notes.append(f"settings changed on resume: {changes_text(plan.changes)}")
+    return _drive(plan.cfg, plan.run_dir, plan.state, notes)
 
 
-def _drive(cfg: Config, run_dir: Path, state: dict[str, Any]) -> Path:
+def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[str] = ()) -> Path:
     status = StatusWriter(run_dir, rounds=cfg.run.rounds)
     try:
         with run_log(run_dir):
+            for line in notes:
+                log.info(line)
             _drive_logged(cfg, run_dir, state, status)
     except BaseException as e:
         status.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
@@ -212,11 +216,13 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
         if s.state.get("last") is None:
             status.update(round=START, stage="evaluate")
             evaluate_start(s)
+        reported = {row["round"] for row in load_rows(run_dir)}
         for r in range(cfg.run.rounds):
             t_round = time.perf_counter()
-            for name, fn in steps:
-                if s.done(r, name):
-                    continue
+            todo = [(name, fn) for name, fn in steps if not s.done(r, name)]
+            if not todo and r in reported:
+                continue  # finished before this resume: its row (and its time/round_s) stays as it was
+            for name, fn in todo:
                 t = time.perf_counter()
                 rescale(s, {})  # `evolve-ray scale` between stages (collect also applies it while it runs)
                 status.update(round=r, stage=name, generators=_fleet_names(s))

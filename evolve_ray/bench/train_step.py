@@ -43,7 +43,7 @@ class OursDPO:
         tok = load_tokenizer(cfg.model.policy)
         self.examples = build_examples(pairs, tok, cfg.training)
         self.tokens = sum(len(s.ids) for ex in self.examples for p in ex.terms.values() for s in (p.chosen, p.rejected))
-        self.worker = Worker(cfg, load_policy(cfg.model.policy), None, tok, torch.device("cpu"), 0, 1, -1)
+        self.worker = Worker(cfg, load_policy(cfg.model.policy), None, tok, torch.device("cpu"), 0, 1, -1, ".")
 
     def round(self) -> dict[str, float]:
         from evolve_ray.train.worker import optimise

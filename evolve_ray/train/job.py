@@ -147,6 +147,7 @@ class TrainerGroup:
                 "start_model": self.start_model,
                 "reference_model": self.reference_model,
                 "tokenizer_path": self.tokenizer_path,
+                "run_dir": str(self.run_dir),
                 "coordinator": self.coordinator,
             },
             scaling_config=ScalingConfig(

@@ -52,22 +52,25 @@ class Worker:
     rank: int
     world_size: int
     last_done: int
+    run_dir: str  # the run directory: the resume record names the checkpoint relative to it
 
 
-def resume_point(start_model: str, coordinator: Any) -> tuple[int, str, dict[str, Any]]:
+def resume_point(start_model: str, coordinator: Any, run_dir: str) -> tuple[int, str, dict[str, Any]]:
     """(last completed round, policy path, its metrics) to start from.
 
-    The newest of: Ray Train's latest checkpoint (set after a restart), the coordinator's last
+    The newest of: Ray Train's latest checkpoint (set after a restart, and on a resumed driver's
+    new worker group, which Ray Train restores from RUN/ray_train), the coordinator's last
     completed round (it outlives the worker group; Ray Train registers a reported checkpoint a
     moment later, so a crash right after a report can leave it one round behind), and
-    (-1, start_model, {}) for a fresh start.
+    (-1, start_model, {}) for a fresh start. The checkpoint's record names the policy relative to
+    the run directory, resolved here against `run_dir`: a moved run resumes on its own files.
     """
     points: list[tuple[int, str, dict[str, Any]]] = [(-1, start_model, {})]
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE_FILE).read_text())
-        points.append((state["round"], state["path"], state["metrics"]))
+        points.append((state["round"], str(Path(run_dir) / state["path"]), state["metrics"]))
     done = ray.get(coordinator.last_completed.remote())
     if done is not None:
         points.append(done)
@@ -81,7 +84,7 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     cfg: Config = config["cfg"]
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
-    last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"])
+    last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"], config["run_dir"])
     torch.manual_seed(cfg.training.seed)
     dtype, trc = cfg.model.dtype, cfg.model.trust_remote_code
     model = wrap_model(
@@ -92,13 +95,14 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
         reference = load_policy(config["reference_model"], dtype=dtype, trust_remote_code=trc).requires_grad_(False)
         reference = wrap_model(reference, cfg.training, device, trainable=False).eval()
     tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
-    worker = Worker(cfg, model, reference, tokenizer, device, ctx.get_world_rank(), ctx.get_world_size(), last_done)
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    worker = Worker(cfg, model, reference, tokenizer, device, rank, world, last_done, config["run_dir"])
     return worker, last_metrics
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. config: cfg (Config), start_model, reference_model, tokenizer_path
-    (paths) and coordinator (actor handle)."""
+    """Ray Train entry point. config: cfg (Config), start_model, reference_model, tokenizer_path,
+    run_dir (paths) and coordinator (actor handle)."""
     logging.basicConfig(level=config["cfg"].run.log_level)
     coordinator = config["coordinator"]
     worker, last_metrics = build_worker(config)
@@ -267,6 +271,7 @@ def report(w: Worker, job: RoundJob, metrics: dict[str, float]) -> None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as d:
-        state = {"round": job.round, "path": job.checkpoint_dir, "metrics": metrics}
+        # Relative to the run directory (resume_point resolves it): nothing recorded names where the run was.
+        state = {"round": job.round, "path": os.path.relpath(job.checkpoint_dir, w.run_dir), "metrics": metrics}
         (Path(d) / STATE_FILE).write_text(json.dumps(state))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
