@@ -1,5 +1,6 @@
 """`ray job submit` of the demo config against a separate `ray start --head` cluster, with Ray's
-token authentication left on (the CLI then needs RAY_AUTH_MODE=token: docs/platform.md)."""
+token authentication left on (the CLI then needs RAY_AUTH_MODE=token: docs/platform.md), and
+`evolve-ray scale` reaching the submitted run's driver by the cluster address and the run's name."""
 
 from __future__ import annotations
 
@@ -90,8 +91,25 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180) 
     raise TimeoutError("the dashboard did not come up")
 
 
+def _scale_when_started(run: Path, gcs: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`evolve-ray scale RUN_NAME --address GCS --generators 2` once the driver has started its
+    control actor (RUN/control.json appears), as from a machine without the run directory."""
+    deadline = time.time() + timeout
+    while not (run / "control.json").exists():
+        assert time.time() < deadline, "the submitted run never started its control actor"
+        time.sleep(0.5)
+    return subprocess.run(
+        [sys.executable, "-m", "evolve_ray.cli", "scale", run.name, "--address", gcs, "--generators", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp_path) -> None:
-    env, dashboard, _ = ray_start_cluster
+    env, dashboard, gcs = ray_start_cluster
     out = tmp_path / "job-run"
     cmd = [
         BIN / "ray",
@@ -121,6 +139,8 @@ def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp
         "--set",  # the demo's pairs come from the verifier: a random tiny policy gets no sum right, so
         "scoring.kind=reward_model",  # no pair and no checkpoint; the random reward model ranks them
     ]
+    job_id = f"evolve-ray-test-{os.getpid()}"
+    cmd[3:3] = ["--submission-id", job_id, "--no-wait"]  # right after `submit`
     deadline = time.time() + 300  # a loaded machine can take minutes to start the job agent
     while True:  # right after `ray start` the dashboard agent may not accept jobs yet
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -128,7 +148,21 @@ def test_ray_job_submit_runs_the_demo_config(ray_start_cluster, tiny_models, tmp
             break
         time.sleep(3)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "succeeded" in r.stdout
+    scaled = _scale_when_started(out, gcs, env)
+    ray_job = [BIN / "ray", "job"]
+    logs = subprocess.run(
+        [*ray_job, "logs", "--address", dashboard, "--follow", job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    status = subprocess.run(
+        [*ray_job, "status", "--address", dashboard, job_id], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "SUCCEEDED" in status.stdout + status.stderr, logs.stdout[-3000:] + status.stdout + status.stderr
+    assert scaled.returncode == 0 and "2 generator(s)" in scaled.stdout, scaled.stderr
+    assert "scaled up: generator 1 starts" in (out / "run.log").read_text()  # the driver took the request
     rows = json.loads((out / "report.json").read_text())["rounds"]
     assert [row["round"] for row in rows] == [-1, 0]  # -1: the start row
     assert (out / "checkpoints" / "r000" / "model.safetensors").is_file()

@@ -20,7 +20,8 @@ from evolve_ray.report import load_rows
 from .cli_process import REPO, cli_env
 from .test_faults import TURNS, _run_in_background, _slow_cfg, _wait_for_candidates
 
-PROMPTS = 64  # in batches of 2: work is left when the scale command, a new process, gets through
+PROMPTS = 48  # in batches of 2, 24 tokens each: work is left once a generator added by the scale
+# command (a new process) has started its own engine and joins
 
 
 def _claims(run: Path, round_: int) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def scaled_run(ray_cluster, tiny_models, tmp_path_factory) -> Path:
         _slow_cfg(run, tiny_models),
         run={"rounds": 2},
         data={"prompts_per_round": PROMPTS},
-        generation={"num_generators": 1, "max_work_batch": 2},
+        generation={"num_generators": 1, "max_work_batch": 2, "max_new_tokens": 24},
     )
     thread, box = _run_in_background(cfg)
     _wait_for_candidates(2)
