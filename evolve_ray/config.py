@@ -93,7 +93,9 @@ class DataConfig:
 class GenerationConfig:
     backend: Literal["auto", "vllm", "transformers"] = _f("auto", "Inference engine; auto picks vLLM when it imports.")
     num_generators: int = _f(1, "GeneratorActor count; they pull the round's prompts in batches.", min=1)
-    max_work_batch: int = _f(128, "Most prompts a generator takes at once (fewer as the round's work runs out).", min=1)
+    max_work_batch: int = _f(
+        256, "Most prompts a generator takes at once: a fair share of the round's unfinished ones, up to this.", min=1
+    )
     cpus_per_generator: float = _f(0.5, "Logical CPUs reserved per generator.", min=0)
     gpus_per_generator: float = _f(0.0, "GPUs reserved per generator (tensor_parallel_size on GPU nodes).", min=0)
     tensor_parallel_size: int = _f(1, "vLLM tensor parallelism per generator (GPU only).", min=1)

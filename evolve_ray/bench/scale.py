@@ -16,6 +16,7 @@ from evolve_ray.bench.report import BenchResult, Figure, Goal
 
 COUNTS = (1, 2, 4)
 PULL_COUNTS = (1, 2)
+PULL_REPS = 3
 REPS = 2
 FLAT = 0.75  # efficiency below which the curve counts as flattened
 
@@ -50,9 +51,16 @@ def run(ctx: BenchContext) -> BenchResult:
         runs = [one_run(ctx, gens[:n], f"n{n}r{rep}") for rep in range(REPS)]
         seconds, tokens = min(runs)
         tps[n], samples[n] = tokens / seconds, [round(s, 3) for s, _ in runs]
-    for n in PULL_COUNTS:
-        seconds, tokens = min(one_run(ctx, gens[:n], f"pull{n}r{rep}", pull=True) for rep in range(REPS))
+    static_tps: dict[int, float] = {}
+    for n in PULL_COUNTS:  # interleaved with a static split of their own: the same machine state
+        pairs = [
+            (one_run(ctx, gens[:n], f"pull{n}r{rep}", pull=True), one_run(ctx, gens[:n], f"static{n}r{rep}"))
+            for rep in range(PULL_REPS)
+        ]
+        seconds, tokens = min(pull for pull, _ in pairs)
         pull_tps[n] = tokens / seconds
+        seconds, tokens = min(static for _, static in pairs)
+        static_tps[n] = tokens / seconds
     figures = [
         Figure(f"{n} generator(s), tokens/s", tps[n], "tok/s", peer=n * tps[1], peer_name="linear") for n in COUNTS
     ] + [
@@ -60,8 +68,8 @@ def run(ctx: BenchContext) -> BenchResult:
             f"{n} generator(s) pulling work, tokens/s",
             pull_tps[n],
             "tok/s",
-            peer=tps[n],
-            peer_name="static split",
+            peer=static_tps[n],
+            peer_name="static split, interleaved",
             goal=Goal("ratio", ">=", 1.0),  # pulling must not cost throughput
         )
         for n in PULL_COUNTS

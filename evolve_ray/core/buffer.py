@@ -1,8 +1,8 @@
 """The buffer's logic: candidates stream in, scores attach, complete chains become pairs.
 
-Generators pull their work: `take_work` hands a generator its next few unfinished prompts
-(guided: large batches while much is left, smaller towards the end of the round, so a generator
-added mid-round gets a share and a slow one does not hold the round back). Every hand-out is
+Generators pull their work: `take_work` hands a generator its next unfinished prompts (a fair
+share of what is left, capped, so a generator added mid-round gets work and a slow one does not
+hold the rest of the round back). Every hand-out is
 journaled as a claim, so a recreated buffer does not hand a prompt to a second generator while
 the first still works on it; `release_work` gives a dead generator's claims back.
 
@@ -88,13 +88,17 @@ class BufferState:
         """The next prompts for generator `worker` to generate (empty: nothing left for it).
 
         A generator asks again only after finishing its batch, so its earlier claims are done.
-        Guided batch size: the unclaimed prompts over twice the number of `workers`, within
-        [1, max_batch]. A retiring generator gets nothing (it finishes its batch and leaves)."""
+        Batch size: a fair share of the round's unfinished prompts (over `workers`), at most
+        `max_batch`: as large as a static split's shard, so an engine batches as much as it
+        would with one, while a generator that joins mid-round still finds work once the cap
+        leaves some unclaimed. A retiring generator gets nothing (it finishes its batch and
+        leaves)."""
         self._drop_claims(worker)
-        free = [p for p in self.prompts if p not in self.finished and p not in self.claims]
+        unfinished = [p for p in self.prompts if p not in self.finished]
+        free = [p for p in unfinished if p not in self.claims]
         if worker in self.retiring or not free:
             return []
-        size = min(max_batch, max(1, -(-len(free) // (2 * max(1, workers)))))
+        size = min(max_batch, -(-len(unfinished) // max(1, workers)))
         batch = free[:size]
         self._claim(batch, worker)
         return [self.prompts[p] for p in batch]
