@@ -1,5 +1,6 @@
 """Scaling a running run for real: `evolve-ray scale` (the command, in its own process) adds a
-generator during round 0's collect; the control actor then takes it back during round 1's. Each
+generator and a scorer during round 0's collect; the control actor then takes them back during
+round 1's. Each
 round still has every prompt's chain exactly once, and the pushes reach the generators alive."""
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def scaled_run(ray_cluster, tiny_models, tmp_path_factory) -> Path:
     thread, box = _run_in_background(cfg)
     _wait_for_candidates(2)
     out = subprocess.run(
-        [sys.executable, "-m", "evolve_ray.cli", "scale", str(run), "--generators", "2"],
+        [sys.executable, "-m", "evolve_ray.cli", "scale", str(run), "--generators", "2", "--scorers", "2"],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
@@ -66,9 +67,9 @@ def scaled_run(ray_cluster, tiny_models, tmp_path_factory) -> Path:
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "2 generator(s)" in out.stdout
+    assert "2 generator(s), 2 scorer(s)" in out.stdout
     _wait_for_file(run / "rounds" / "r001" / "journal" / "candidates" / "part-000001.parquet")
-    assert request_scale(str(run), {"generator": 1, "scorer": None}) == {"generator": 1, "scorer": 1}
+    assert request_scale(str(run), {"generator": 1, "scorer": 1}) == {"generator": 1, "scorer": 1}
     thread.join(timeout=900)
     assert box, "the run did not finish"
     return run
@@ -81,7 +82,7 @@ def test_a_generator_added_mid_collect_takes_work_and_gets_the_push(scaled_run: 
     assert set(taken["worker"]) == {0, 1}  # the added generator took prompts in round 0
     assert taken["worker"].iloc[0] == 0  # ... after generator 0 had started
     row0 = load_rows(scaled_run)[0]
-    assert row0["round"] == 0 and row0["fleet/generators"] == 2
+    assert row0["round"] == 0 and row0["fleet/generators"] == 2 and row0["fleet/scorers"] == 2
     assert row0["sync/generators_reached"] == 2  # round 0's push reached both
 
 
@@ -93,6 +94,9 @@ def test_a_generator_scaled_down_mid_collect_finishes_its_batch_and_leaves(scale
     assert last_of_1 < taken.index[taken["worker"] == 0].max()  # generator 0 still took work after 1 left
     row1 = load_rows(scaled_run)[1]
     assert row1["fleet/generators"] == 1 and row1["sync/generators_reached"] == 1
+    assert row1["fleet/scorers"] == 1  # the second scorer left at the end of round 1's collect
+    scores = pd.read_parquet(scaled_run / "rounds" / "r001" / "candidates.parquet")["score"]
+    assert scores.notna().all()  # every candidate scored, whichever scorer did it
 
 
 def test_scale_refuses_a_run_that_is_not_running(scaled_run: Path) -> None:
