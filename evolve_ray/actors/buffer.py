@@ -86,7 +86,8 @@ class BufferActor:
         return self._s.release_work(worker)
 
     def retire(self, worker: int, retiring: bool = True) -> None:
-        self._s.retire(worker, retiring)
+        if self.state is not None:  # before the first round opens there is no work to withhold
+            self.state.retire(worker, retiring)
 
     def generation_done(self) -> None:
         self.generation_finished = True
