@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,26 @@ def locate(run: str, address: str | None) -> tuple[str, str]:
     return address, run_namespace(Path(run).name)
 
 
+def check_reachable(address: str, run: str, timeout_s: float = 5.0) -> None:
+    """One clear error, in seconds, for a GCS address nothing listens on (ray.init would retry
+    for minutes): a local run's cluster ends with its driver. Other address forms are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({e.strerror or e}): run {Path(run).name!r} is not running"
+        ) from e
+
+
 def request_scale(run: str, targets: dict[str, int | None], *, address: str | None = None) -> dict[str, int]:
     """Ask the running driver of `run` for these counts; returns the counts it now aims for."""
     wanted = check_targets(targets)
     addr, namespace = locate(run, address)
     if not ray.is_initialized():
+        check_reachable(addr, run)
         ray.init(address=addr, namespace=namespace, logging_level=logging.ERROR, log_to_driver=False)
     try:
         actor = ray.get_actor(ACTOR, namespace=namespace)
