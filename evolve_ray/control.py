@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evolve_ray.errors import UserError
 from evolve_ray.rundir import atomic_write
@@ -52,8 +53,12 @@ def start_control(run_dir: Path, targets: dict[str, int]) -> Any:
     """The run's control actor, and RUN/control.json saying where it is. One clear error if a
     run of the same name already runs on this cluster (the namespace is taken)."""
     namespace = run_namespace(run_dir.name)
+    # On the driver's node, like the buffer: losing a worker node must not take the run's control with it.
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     try:
-        actor = RunControl.options(name=ACTOR, namespace=namespace).remote(targets)  # type: ignore[attr-defined]  # a @ray.remote class
+        actor = RunControl.options(  # type: ignore[attr-defined]  # a @ray.remote class
+            name=ACTOR, namespace=namespace, scheduling_strategy=driver_node
+        ).remote(targets)
     except ValueError as e:
         raise UserError(
             f"a run named {run_dir.name!r} is already running on this cluster (namespace {namespace}); "
