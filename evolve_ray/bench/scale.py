@@ -40,40 +40,38 @@ def one_run(
     return seconds, sum(s["gen/tokens"] for s in stats)
 
 
+def pull_figure(ctx: BenchContext, gens: list[Any]) -> Figure:
+    """Tokens/s of `gens` pulling the workload, against a static split run interleaved with it
+    (the same machine state); best of PULL_REPS each."""
+    n = len(gens)
+    pairs = [
+        (one_run(ctx, gens, f"pull{n}r{rep}", pull=True), one_run(ctx, gens, f"static{n}r{rep}"))
+        for rep in range(PULL_REPS)
+    ]
+    (pull_s, pull_tokens), (static_s, static_tokens) = min(p for p, _ in pairs), min(s for _, s in pairs)
+    return Figure(
+        f"{n} generator(s) pulling work, tokens/s",
+        pull_tokens / pull_s,
+        "tok/s",
+        peer=static_tokens / static_s,
+        peer_name="static split, interleaved",
+        goal=Goal("ratio", ">=", 1.0),  # pulling must not cost throughput
+    )
+
+
 def run(ctx: BenchContext) -> BenchResult:
     gens = ctx.generators(max(COUNTS))
     for i, g in enumerate(gens):  # every engine's first generate pays one-off costs
         one_run(ctx, [g], f"warmup{i}", n_prompts=2)
     tps: dict[int, float] = {}
     samples: dict[int, list[float]] = {}
-    pull_tps: dict[int, float] = {}
     for n in COUNTS:
         runs = [one_run(ctx, gens[:n], f"n{n}r{rep}") for rep in range(REPS)]
         seconds, tokens = min(runs)
         tps[n], samples[n] = tokens / seconds, [round(s, 3) for s, _ in runs]
-    static_tps: dict[int, float] = {}
-    for n in PULL_COUNTS:  # interleaved with a static split of their own: the same machine state
-        pairs = [
-            (one_run(ctx, gens[:n], f"pull{n}r{rep}", pull=True), one_run(ctx, gens[:n], f"static{n}r{rep}"))
-            for rep in range(PULL_REPS)
-        ]
-        seconds, tokens = min(pull for pull, _ in pairs)
-        pull_tps[n] = tokens / seconds
-        seconds, tokens = min(static for _, static in pairs)
-        static_tps[n] = tokens / seconds
     figures = [
         Figure(f"{n} generator(s), tokens/s", tps[n], "tok/s", peer=n * tps[1], peer_name="linear") for n in COUNTS
-    ] + [
-        Figure(
-            f"{n} generator(s) pulling work, tokens/s",
-            pull_tps[n],
-            "tok/s",
-            peer=static_tps[n],
-            peer_name="static split, interleaved",
-            goal=Goal("ratio", ">=", 1.0),  # pulling must not cost throughput
-        )
-        for n in PULL_COUNTS
-    ]
+    ] + [pull_figure(ctx, gens[:n]) for n in PULL_COUNTS]
     cores = os.cpu_count() or 1
     flat = [n for n in COUNTS if tps[n] / (n * tps[1]) < FLAT]
     notes = [
