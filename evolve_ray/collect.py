@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from tqdm import tqdm
 
-from evolve_ray.fleet import ROLES, Launch
+from evolve_ray.fleet import ROLES, Launch, add_up
 from evolve_ray.types import Prompt
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
             ray.get(s.buffer.release_work.remote())  # no generator is working now
             running["generator"] = s.fleet.launch("generator", generate, s.fleet.staying("generator"))
             for i, st in s.fleet.finish(running["generator"], tick).items():
-                gen_stats[i] = {k: gen_stats.get(i, {}).get(k, 0.0) + v for k, v in st.items()}
+                gen_stats[i] = add_up(gen_stats.get(i), st)
             del running["generator"]
 
     def scoring_tick() -> None:

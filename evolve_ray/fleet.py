@@ -258,7 +258,7 @@ class Fleet:
                 i = job.pending.pop(ref)
                 try:
                     result = ray.get(ref)
-                    job.results[i] = _add_up(job.results.get(i), result)
+                    job.results[i] = add_up(job.results.get(i), result)
                     if i in self.leaving[job.role]:
                         self.remove(job.role, i)
                     continue
@@ -294,7 +294,7 @@ class Fleet:
             remove_placement_group(pg)
 
 
-def _add_up(old: dict[str, float] | None, new: Any) -> Any:
+def add_up(old: dict[str, float] | None, new: Any) -> Any:
     """One slot's results over the stage: counters add up when the slot is run again."""
     if old is None or not isinstance(new, dict):
         return new
