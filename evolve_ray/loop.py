@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 from evolve_ray.collect import collect, open_round, rescale, restarts_since
@@ -37,10 +38,12 @@ from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_di
 from evolve_ray.status import StatusWriter
 from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
+from evolve_ray.timeline import Timeline, phases, phases_text
 from evolve_ray.train.job import TrainerGroup
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
+_drives = 0  # runs driven by this process: only the first one's start-up includes the imports
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Session:
     exporter: MetricsExporter
     task: Any
     control: Any  # the run's RunControl actor (control.py): the counts `evolve-ray scale` asked for
+    timeline: Timeline
     state: dict[str, Any] = field(default_factory=dict)
     generator_infos: list[dict[str, Any]] = field(default_factory=list)
 
@@ -72,9 +76,14 @@ class Session:
 
     def close(self) -> None:
         """Stop the trainer group and the actors (names are free again for the next run)."""
+        self.timeline.mark("rounds_done")
+        if (ready := self.trainer.ready_at()) is not None:
+            self.timeline.mark("trainer_ready", at=ready)
         self.trainer.shutdown()
         self.fleet.close()
         ray.kill(self.control, no_restart=True)
+        self.timeline.mark("closed")
+        log.info("time outside the rounds: %s (RUN/startup.json)", phases_text(phases(self.timeline.marks)))
 
     def done(self, round_: int, stage: str) -> bool:
         last = self.state.get("last")
@@ -129,6 +138,7 @@ def evaluate_start(s: Session) -> None:
     t = time.perf_counter()
     row = evaluate(s, START) | {"round": START, "time/evaluate_s": time.perf_counter() - t}
     append_row(s.run, row)
+    s.timeline.mark("start_evaluated")
     log.info(stage_line(START, "evaluate", row))
 
 
@@ -180,11 +190,15 @@ def resume_run(run_dir: Path, *, config: str | Path | None = None, sets: Sequenc
 
 def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[str] = ()) -> Path:
     status = StatusWriter(run_dir, rounds=cfg.run.rounds)
+    global _drives
+    _drives += 1
+    timeline = Timeline(run_dir, process_start=psutil.Process().create_time() if _drives == 1 else None)
+    timeline.mark("driver")
     try:
         with run_log(run_dir):
             for line in notes:
                 log.info(line)
-            _drive_logged(cfg, run_dir, state, status)
+            _drive_logged(cfg, run_dir, state, status, timeline)
     except BaseException as e:
         status.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
         raise
@@ -192,16 +206,17 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[st
     return run_dir
 
 
-def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: StatusWriter) -> None:
+def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: StatusWriter, timeline: Timeline) -> None:
     models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
     task = make_task(cfg.data)
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
     check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
     connect(cfg)
+    timeline.mark("cluster")
     route_actor_output(run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
-    s = _start_session(cfg, run_dir, models, task, state)
+    s = _start_session(cfg, run_dir, models, task, state, timeline)
     status.update(
         state="running",
         policy_version=_trained_rounds(state),
@@ -228,11 +243,15 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
                 status.update(round=r, stage=name, generators=_fleet_names(s))
                 metrics = fn(s, r)
                 metrics[f"time/{name}_s"] = time.perf_counter() - t
+                if name == "collect" and (first := ray.get(s.buffer.first_candidate_at.remote())) is not None:
+                    s.timeline.mark("first_candidate", at=first)
                 metrics |= {"fleet/generators": float(len(s.generators)), "fleet/scorers": float(len(s.scorers))}
                 s.mark(r, name, metrics)
                 log.info(stage_line(r, name, metrics))
                 if "policy/version" in metrics:
                     status.update(policy_version=int(metrics["policy/version"]))
+                if name == "train" and r == cfg.run.rounds - 1:
+                    s.trainer.stop()  # no more training: its teardown overlaps the last evaluation
             row = read_json(round_dir(run_dir, r) / "metrics.json") | {"round": r}
             row.setdefault("time/round_s", time.perf_counter() - t_round)
             append_row(run_dir, row)
@@ -271,7 +290,9 @@ def _engine_env(run_dir: Path) -> dict[str, str]:
     }
 
 
-def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict) -> Session:
+def _start_session(
+    cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict, timeline: Timeline
+) -> Session:
     trained = _trained_rounds(state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
     fleet = Fleet(
@@ -283,14 +304,19 @@ def _start_session(cfg: Config, run_dir: Path, models: ResolvedModels, task: Any
         env={"env_vars": _engine_env(run_dir)},
         task=task,
     )
-    trainer = TrainerGroup(cfg, policy, run_dir, models.tokenizer, reference_model=models.policy)
-    trainer.start()  # the worker group starts while generators load
     infos = fleet.ready()
+    timeline.mark("generators_ready")
     log.info("generators ready: %s", ", ".join(f"{i['index']}:{i['backend']}@v{i['version']}" for i in infos))
+    # The worker group is first needed at the end of the first collect: it starts once the
+    # generators are up (not beside them, where it slowed their start) and overlaps the start
+    # evaluation and the first collect. train_round waits for it if it is not up yet.
+    trainer = TrainerGroup(cfg, policy, run_dir, models.tokenizer, reference_model=models.policy)
+    trainer.start()
+    timeline.mark("trainer_launched")
     control = start_control(run_dir, {"generator": len(fleet.generators), "scorer": len(fleet.scorers)})
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, control, state, infos)
+    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, control, timeline, state, infos)
 
 
 def _fleet_names(s: Session) -> list[str]:

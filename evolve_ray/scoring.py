@@ -4,18 +4,16 @@ A reward model scores the whole conversation [user: x, assistant: y] through its
 template, the way it was trained; non-finite outputs become invalid scores that are counted,
 never passed on as numbers. Both backends return the same quantity, the raw logit of the
 sequence-classification head (vLLM's default sigmoid is turned off in VLLMEngine.classify), so
-selection.min_margin, min_chosen_score and tie_tolerance mean the same on either.
+selection.min_margin, min_chosen_score and tie_tolerance mean the same on either. torch and
+transformers are imported by the reward-model scorer only: a verifier scorer's actor starts
+without them.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import torch
-
 from evolve_ray.config import Config
-from evolve_ray.core.logprobs import pad_rows
-from evolve_ray.models.loading import load_reward, load_tokenizer
 from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
 
@@ -32,6 +30,8 @@ def conversation_ids(tokenizer, question: str, answer: str) -> list[int]:
 
 class RewardModelScorer:
     def __init__(self, cfg: Config, model_path: str) -> None:
+        from evolve_ray.models.loading import load_reward, load_tokenizer
+
         self.cfg = cfg
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.backend = cfg.scoring.backend
@@ -60,10 +60,14 @@ class RewardModelScorer:
             return self.engine.classify(ids)
         return self._forward(ids)
 
-    @torch.no_grad()
     def _forward(self, ids: list[list[int]]) -> list[float]:
+        import torch
+
+        from evolve_ray.core.logprobs import pad_rows
+
         input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id)  # right: the model reads the last non-pad
-        logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return logits[:, 0].float().tolist()
 
     def score(self, batch: list[tuple[Candidate, Prompt]]) -> list[Score]:

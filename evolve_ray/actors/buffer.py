@@ -4,6 +4,7 @@ around core.buffer.BufferState; every event is journaled in the run directory)."
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import ray
@@ -47,6 +48,7 @@ class BufferActor:
         self.state: BufferState | None = None
         self.generation_finished = False
         self.workers = 1  # generators sharing the round's work (sets the guided batch size)
+        self.first_candidate: float | None = None  # when this actor first got a candidate (start-up split)
         self.extract = task.extract_answer if task.verifiable else None
         self.verify = task.verify if task.verifiable else None
         self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
@@ -71,7 +73,12 @@ class BufferActor:
         return self.state.summary()
 
     def add_candidates(self, cands: list[Candidate], finished: list[str]) -> int:
+        if cands and self.first_candidate is None:
+            self.first_candidate = time.time()
         return self._s.add_candidates(cands, finished)
+
+    def first_candidate_at(self) -> float | None:
+        return self.first_candidate
 
     def set_workers(self, n: int) -> None:
         self.workers = n

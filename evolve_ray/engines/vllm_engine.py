@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Literal
@@ -30,6 +31,29 @@ class _RotaryReloadFilter(logging.Filter):
 _ROTARY_FILTER = _RotaryReloadFilter()
 
 
+def inspect_in_process(model_path: str) -> None:
+    """Register the checkpoint's architectures with vLLM as classes already imported here.
+
+    vLLM inspects a model class it has not imported in a fresh subprocess (so that CUDA is never
+    initialised in the engine's process) and caches the result under VLLM_CACHE_ROOT: the first
+    engine under a fresh cache root (every run: the cache lives in the run directory) spent 8-12 s
+    on that second vLLM import. On CPU there is no CUDA to protect, so the class is imported and
+    inspected in this process. A hub id or an unknown architecture is left to vLLM.
+    """
+    config = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config):
+        return
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.registry import _LazyRegisteredModel
+
+    with open(config, encoding="utf-8") as f:
+        archs = json.load(f).get("architectures") or []
+    for arch in archs:
+        entry = ModelRegistry.models.get(arch)
+        if isinstance(entry, _LazyRegisteredModel):
+            ModelRegistry.register_model(arch, entry.load_model_cls())
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -56,6 +80,8 @@ class VLLMEngine:
         # a turn's prompts over the 4096-token step budget) dies with "CPU Generator does not use
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
         cpu_only: dict[str, Any] = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+        if not torch.cuda.is_available():
+            inspect_in_process(model_path)
         # The actor holds all its GPUs in one bundle of its own placement group (fleet.py): the
         # tensor-parallel workers run as its child processes. Left to choose, vLLM would pick its
         # Ray executor inside a placement group and look there for one bundle per GPU.

@@ -172,8 +172,18 @@ class TrainerGroup:
 
     def startup_seconds(self) -> float | None:
         """Seconds from start() to the workers' first job request (None while still starting)."""
-        first = ray.get(self.coordinator.started_at.remote())
+        first = self.ready_at()
         return None if first is None else first - self._launched_at
+
+    def ready_at(self) -> float | None:
+        """When the workers first asked for a job (epoch seconds); None if not yet, or if the
+        coordinator is gone (a failed group reports its own error elsewhere)."""
+        if self.coordinator is None:
+            return None
+        try:
+            return ray.get(self.coordinator.started_at.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None
 
     def train_round(self, round_: int, pairs: Sequence[PreferencePair], generators: Sequence[Any]) -> dict[str, Any]:
         """Train on `pairs`, write checkpoints/rNNN, push version round_+1 to `generators`.
@@ -207,6 +217,12 @@ class TrainerGroup:
                     return ray.get(ref)
                 cause = self._error or RuntimeError("the training loop returned early")
                 raise TrainerError(f"trainer failed during {what}: {type(cause).__name__}: {cause}") from cause
+
+    def stop(self) -> None:
+        """Ask the workers to stop once no job is pending, without waiting: the group's teardown
+        then overlaps whatever the driver does next (`shutdown` waits for it)."""
+        if self._thread is not None:
+            ray.get(self.coordinator.stop.remote())
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Ask the workers to stop, wait for fit() to return, drop the coordinator."""

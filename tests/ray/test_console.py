@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,8 @@ def test_demo_console_is_short_ends_with_the_table_and_status_follows_it(tmp_pat
     log = (run / "run.log").read_text()
     assert "Reporting training result" in log and "(GeneratorActor pid=" in log  # kept, just not on the console
     assert "RotaryEmbedding: Failed to load weights" not in log  # filtered at the source (vllm_engine.py)
+    # the start-up split of a process's first run, imports included (evolve_ray/timeline.py)
+    assert re.search(r"time outside the rounds: imports [\d.]+ s, cluster [\d.]+ s, actors [\d.]+ s", log)
 
     done = subprocess.run(
         [sys.executable, "-m", "evolve_ray.cli", "status", str(run)],

@@ -107,6 +107,23 @@ def test_report_rows_have_documented_finite_keys(finished_run: Path) -> None:
     assert rows[1]["policy/version"] == 2.0
 
 
+def test_startup_split_has_every_milestone_in_order(finished_run: Path) -> None:
+    """RUN/startup.json: the driver's milestones; the trainer group starts after the generators
+    are up (it overlaps the start evaluation and the first collect) and is ready before the end."""
+    from evolve_ray.timeline import PHASES
+
+    doc = json.loads((finished_run / "startup.json").read_text())
+    m = doc["marks"]
+    order = ["driver", "cluster", "generators_ready", "trainer_launched", "start_evaluated", "rounds_done", "closed"]
+    assert [m[k] for k in order] == sorted(m[k] for k in order)
+    assert m["generators_ready"] < m["first_candidate"] < m["rounds_done"]
+    assert m["trainer_launched"] < m["trainer_ready"] < m["rounds_done"]
+    # "imports" only for the first run this test process drove
+    every = {name for name, _, _ in PHASES}
+    assert every - {"imports"} <= set(doc["phases_s"]) <= every
+    assert all(v > 0 for v in doc["phases_s"].values())
+
+
 def test_start_row_evaluates_the_starting_policy(finished_run: Path) -> None:
     """Before round 0 the starting policy is evaluated on the same held-out prompts (row -1)."""
     start = load_rows(finished_run)[0]

@@ -1,0 +1,71 @@
+"""The start-up split: milestones keep their first time, phases need both ends, the bench's
+outside-rounds split adds shutdown to the process's exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evolve_ray.bench.demo import outside_split
+from evolve_ray.timeline import STARTUP_FILE, Timeline, phases, phases_text
+
+
+def test_marks_keep_their_first_time_and_the_file_follows(tmp_path) -> None:
+    t = Timeline(tmp_path, process_start=100.0)
+    t.mark("driver", at=104.0)
+    t.mark("driver", at=200.0)  # a second mark of the same milestone changes nothing
+    t.mark("cluster", at=110.0)
+    doc = json.loads((tmp_path / STARTUP_FILE).read_text())
+    assert doc["marks"] == {"process": 100.0, "driver": 104.0, "cluster": 110.0}
+    assert doc["phases_s"] == {"imports": 4.0, "cluster": 6.0}
+
+
+def test_a_later_run_in_the_same_process_has_no_imports_phase(tmp_path) -> None:
+    t = Timeline(tmp_path, process_start=None)
+    t.mark("driver", at=10.0)
+    t.mark("cluster", at=10.5)
+    assert phases(t.marks) == {"cluster": 0.5}
+
+
+MARKS = {
+    "process": 0.0,
+    "driver": 5.0,
+    "cluster": 11.0,
+    "generators_ready": 30.0,
+    "trainer_launched": 30.5,
+    "start_evaluated": 34.0,
+    "first_candidate": 35.0,
+    "trainer_ready": 52.0,
+    "rounds_done": 100.0,
+    "closed": 103.0,
+}
+
+
+def test_phases_and_their_line() -> None:
+    split = phases(MARKS)
+    assert split == {
+        "imports": 5.0,
+        "cluster": 6.0,
+        "actors": 19.0,
+        "trainer_group": 21.5,
+        "start_evaluation": 4.0,
+        "first_candidate": 30.0,
+        "shutdown": 3.0,
+    }
+    assert phases_text(split).startswith("imports 5.0 s, cluster 6.0 s, actors 19.0 s, trainer group 21.5 s")
+
+
+def test_bench_split_measures_shutdown_to_the_process_exit() -> None:
+    split = outside_split({"marks": MARKS, "phases_s": phases(MARKS)}, ended=106.5)
+    assert list(split) == [
+        "imports",
+        "cluster",
+        "actors",
+        "start_evaluation",
+        "shutdown to exit",
+        "trainer_group (overlapped)",
+        "first_candidate (overlapped)",
+    ]
+    assert split["shutdown to exit"] == pytest.approx(6.5)
+    assert sum(split[k] for k in ("imports", "cluster", "actors", "start_evaluation", "shutdown to exit")) == 40.5
