@@ -159,7 +159,12 @@ def _run_one(name: str, ctx: BenchContext) -> BenchResult:
         print(
             f"bench: {name}: {f.name}: {fmt(row['value'])} {f.unit}"
             + (f" vs {fmt(row['peer'])} ({f.peer_name}), ratio {fmt(row['ratio'])}" if f.peer is not None else "")
-            + (f", goal {row['goal']}: {'met' if row['met'] else 'MISSED'}" if row["goal"] else ""),
+            + (f", goal {row['goal']}: {_verdict(row['met'])}" if row["goal"] else ""),
             flush=True,
         )
     return result
+
+
+def _verdict(met: bool | None) -> str:
+    """A goal's state on the console: None is a figure whose peer was not measured, not a miss."""
+    return "not measured" if met is None else "met" if met else "MISSED"

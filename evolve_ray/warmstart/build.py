@@ -37,6 +37,7 @@ from evolve_ray.warmstart.train import (
     generate,
     refinement_probe,
     reward_agreement,
+    reward_on_samples,
     reward_pair_accuracy,
     train_reward,
     train_sft,
@@ -93,6 +94,11 @@ class WarmStartSpec:
     rm_lr: float = 3e-4
     rm_batch: int = 32
     rm_wrong_per_prompt: int = 1
+    # Harder negatives for the reward model: `rm_own_samples` temperature-1 answers per train prompt
+    # drawn from the built policy; its distinct wrong ones replace a prompt's synthetic wrong sums
+    # with probability `rm_own_share` each (data.reward_triples). 0 samples: synthetic only.
+    rm_own_samples: int = 0
+    rm_own_share: float = 1.0
 
 
 def _sft_config(spec: WarmStartSpec, *, refine_weight: float) -> TrainingConfig:
@@ -104,8 +110,30 @@ _COMMON = ("policy", "template", "task_seed", "train_prompts", "seed", "sft")
 PART_FIELDS = {
     "policy": (*_COMMON, "stage_a_target", "stage_a_check", "keep_share", "refine"),
     "policy_direct_only": (*_COMMON, "stage_a_target", "stage_a_check", "keep_share", "refine"),
-    "reward": (*_COMMON, "eval_prompts", "rm_epochs", "rm_lr", "rm_batch", "rm_wrong_per_prompt"),
+    "reward": (
+        *_COMMON,
+        "eval_prompts",
+        "rm_epochs",
+        "rm_lr",
+        "rm_batch",
+        "rm_wrong_per_prompt",
+        "rm_own_samples",
+        "rm_own_share",
+    ),
 }
+# Fields added after a shipped part was built, with the value that gives the recipe from before them
+# (an older manifest that lacks one described a part built that way).
+_ADDED = {"rm_own_samples": 0, "rm_own_share": 1.0}
+# The reward model is also measured on this many temperature-1 answers of the policy per round-split
+# validation prompt: the measurement settings are chosen by (never the evaluation split).
+RM_CHECK_SAMPLES = 4
+# With own negatives the reward model's data comes from the built policy, so it depends on its recipe.
+_POLICY_ONLY = tuple(k for k in PART_FIELDS["policy"] if k not in PART_FIELDS["reward"])
+
+
+def reward_fields(spec_now: dict[str, Any]) -> tuple[str, ...]:
+    """The spec fields the reward part depends on: the policy's too when it learns from its answers."""
+    return PART_FIELDS["reward"] + (_POLICY_ONLY if spec_now.get("rm_own_samples") else ())
 
 
 def validation_prompts(spec: WarmStartSpec) -> list[Prompt]:
@@ -142,10 +170,19 @@ def sft_policy(spec: WarmStartSpec, *, refine_weight: float, full: bool) -> tupl
     return model, {"steps": len(history), "curve": curve}
 
 
-def own_wrong_answers(model: PreTrainedModel, tok, task: ArithTask, prompts: list[Prompt], seed: int) -> dict[str, str]:
-    """prompt id -> the model's own sampled (temperature 1) answer, where it is wrong and not empty."""
-    samples = generate(model.eval(), tok, [p.question for p in prompts], temperature=1.0, seed=seed)
-    return {p.id: y.strip() for p, y in zip(prompts, samples, strict=True) if y.strip() and not task.verify(p, y)}
+def own_wrong_answers(
+    model: PreTrainedModel, tok, task: ArithTask, prompts: list[Prompt], seed: int, samples: int = 1
+) -> dict[str, list[str]]:
+    """prompt id -> the model's distinct wrong, non-empty answers among `samples` sampled ones
+    (temperature 1; sample i seeded seed + i), in the order first drawn; prompts without one are left out."""
+    out: dict[str, list[str]] = {}
+    for i in range(samples):
+        drawn = generate(model.eval(), tok, [p.question for p in prompts], temperature=1.0, seed=seed + i)
+        for p, y in zip(prompts, drawn, strict=True):
+            wrong = out.setdefault(p.id, [])
+            if y.strip() and not task.verify(p, y) and y.strip() not in wrong:
+                wrong.append(y.strip())
+    return {k: v for k, v in out.items() if v}
 
 
 def refine_to_target(spec: WarmStartSpec, model: PreTrainedModel, *, refine_weight: float) -> dict[str, Any]:
@@ -159,7 +196,11 @@ def refine_to_target(spec: WarmStartSpec, model: PreTrainedModel, *, refine_weig
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     prompts = task.prompts("train", spec.train_prompts)
     val = validation_prompts(spec)
-    own = own_wrong_answers(model, tok, task, prompts, r["seed"]) if refine_weight > 0 and r["own_share"] > 0 else {}
+    own = (
+        {k: v[0] for k, v in own_wrong_answers(model, tok, task, prompts, r["seed"]).items()}
+        if refine_weight > 0 and r["own_share"] > 0
+        else {}
+    )
     pairs = sft_pairs(
         prompts, spec.template, seed=r["seed"], keep_share=r["keep_share"], own_wrong=own, own_share=r["own_share"]
     )
@@ -222,33 +263,74 @@ def reward_from(teacher: PreTrainedModel, seed: int) -> PreTrainedModel:
     return rm
 
 
+def reward_training_triples(spec: WarmStartSpec, root: Path) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+    """The reward model's (question, correct, wrong) triples on the train prompts: synthetic wrong
+    sums, and with spec.rm_own_samples > 0 also root/policy's own wrong answers (hard negatives).
+
+    Returns:
+        (triples, counts for the manifest: triples, own_wrong_answers harvested, own_prompts with
+        at least one, own_negatives = triples whose wrong answer is one of that prompt's own).
+    """
+    task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
+    prompts = task.prompts("train", spec.train_prompts)
+    own: dict[str, list[str]] = {}
+    if spec.rm_own_samples > 0:
+        policy = load_policy(str(root / "policy"))
+        own = own_wrong_answers(policy, tok, task, prompts, spec.seed, samples=spec.rm_own_samples)
+    triples = reward_triples(
+        prompts, seed=spec.seed, wrong_per_prompt=spec.rm_wrong_per_prompt, own_wrong=own, own_share=spec.rm_own_share
+    )
+    per_prompt = [own.get(p.id, []) for p in prompts for _ in range(spec.rm_wrong_per_prompt)]
+    return triples, {
+        "triples": len(triples),
+        "own_wrong_answers": sum(len(v) for v in own.values()),
+        "own_prompts": len(own),
+        "own_negatives": sum(w in mine for (_, _, w), mine in zip(triples, per_prompt, strict=True)),
+    }
+
+
 def train_reward_model(spec: WarmStartSpec, teacher: PreTrainedModel, out: Path) -> dict[str, float]:
-    """Train the reward model on verifier labels; agreement on held-out rows and policy samples."""
+    """Train the reward model on verifier labels (out.parent/policy must exist when it learns from the
+    policy's answers); agreement on held-out rows and on policy samples."""
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     rm = reward_from(teacher, spec.seed + 1)
-    triples = reward_triples(
-        task.prompts("train", spec.train_prompts), seed=spec.seed, wrong_per_prompt=spec.rm_wrong_per_prompt
-    )
+    triples, counts = reward_training_triples(spec, out.parent)
     train_reward(rm, tok, triples, epochs=spec.rm_epochs, batch_size=spec.rm_batch, lr=spec.rm_lr, seed=spec.seed)
     save(rm, tok, out)
     prompts = task.prompts("eval", spec.eval_prompts)
-    return {
-        "agreement_heldout": reward_agreement(rm, tok, reward_rows(prompts, seed=spec.seed + 1)),
-        "pair_accuracy_heldout": reward_pair_accuracy(rm, tok, reward_triples(prompts, seed=spec.seed + 1)),
-    } | reward_on_policy_samples(spec, out.parent)
+    return (
+        {
+            "agreement_heldout": reward_agreement(rm, tok, reward_rows(prompts, seed=spec.seed + 1)),
+            "pair_accuracy_heldout": reward_pair_accuracy(rm, tok, reward_triples(prompts, seed=spec.seed + 1)),
+        }
+        | reward_on_policy_samples(spec, out.parent)
+        | counts
+    )
 
 
 def reward_on_policy_samples(spec: WarmStartSpec, root: Path) -> dict[str, float]:
-    """How often root/reward agrees with the verifier on root/policy's own sampled answers."""
+    """How often root/reward agrees with the verifier on root/policy's own sampled (temperature 1)
+    answers: one per evaluation prompt, and RM_CHECK_SAMPLES per round-split validation prompt
+    (`_round` keys: agreement, pair accuracy, how often its top pick is wrong; train.reward_on_samples)."""
     task, tok = ArithTask(seed=spec.task_seed), build_tokenizer()
     prompts = task.prompts("eval", spec.eval_prompts)
     policy = load_policy(str(root / "policy")).eval()
     samples = generate(policy, tok, [p.question for p in prompts], temperature=1.0, seed=spec.seed)
     on_samples = [(p.question, a, float(task.verify(p, a))) for p, a in zip(prompts, samples, strict=True)]
     rm = load_reward(str(root / "reward"))
+    val = validation_prompts(spec)
+    drawn = [
+        generate(policy, tok, [p.question for p in val], temperature=1.0, seed=spec.seed + i)
+        for i in range(RM_CHECK_SAMPLES)
+    ]
+    on_round = reward_on_samples(rm, tok, task, val, [list(ys) for ys in zip(*drawn, strict=True)])
     return {
         "agreement_policy_samples": reward_agreement(rm, tok, on_samples),
         "policy_samples_correct": sum(y for _, _, y in on_samples) / len(on_samples),
+        "agreement_policy_samples_round": on_round["agreement"],
+        "pair_accuracy_policy_samples_round": on_round["pair_accuracy"],
+        "top_pick_wrong_round": on_round["top_pick_wrong"],
+        "policy_samples_correct_round": on_round["correct"],
     }
 
 
@@ -289,9 +371,12 @@ def build_warm_start(
     spec_now = json.loads(json.dumps(dataclasses.asdict(spec)))
     old_spec: dict[str, Any] = old["spec"] if old else {}
     for part in kept:
-        changed = [k for k in PART_FIELDS[part] if old_spec.get(k) != spec_now[k]]
+        fields = reward_fields(spec_now) if part == "reward" else PART_FIELDS[part]
+        changed = [k for k in fields if old_spec.get(k, _ADDED.get(k)) != spec_now[k]]
         if changed:
             raise SystemExit(f"{part} was built with other {', '.join(changed)}: rebuild it too (--parts)")
+    if "reward" in kept and "policy" in parts and spec.rm_own_samples > 0:
+        raise SystemExit("reward learned from the policy's own answers: rebuild it with the policy (--parts)")
     old_measured: dict[str, Any] = old["measured"] if old else {}
     measured = {k: v for k, v in old_measured.items() if k in kept or k == "teacher"} if kept else {}
     if "policy" in parts:

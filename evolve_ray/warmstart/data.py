@@ -145,13 +145,45 @@ def _pair(p: Prompt, kind: str, prompt: str, wrong: str) -> PreferencePair:
     )
 
 
-def reward_triples(prompts: list[Prompt], *, seed: int, wrong_per_prompt: int = 1) -> list[tuple[str, str, str]]:
-    """Verifier-labelled (question, correct sum, realistic wrong sum) triples for the reward model."""
+def reward_triples(
+    prompts: list[Prompt],
+    *,
+    seed: int,
+    wrong_per_prompt: int = 1,
+    own_wrong: dict[str, list[str]] | None = None,
+    own_share: float = 1.0,
+) -> list[tuple[str, str, str]]:
+    """Verifier-labelled (question, correct sum, wrong sum) triples for the reward model.
+
+    Each prompt gets `wrong_per_prompt` triples. By default every wrong sum is a realistic
+    synthetic one (`wrong_answer`). Where the policy's own wrong answers to a prompt are known
+    (`own_wrong`), each of its triples takes the next of them instead (in turn, starting over when
+    they run out) with probability `own_share`: hard negatives, the near misses the reward model
+    will have to score on the policy's samples. Prompts without own answers draw from the seeded
+    stream exactly as without `own_wrong`, so None (the default) gives the synthetic-only triples.
+
+    Args:
+        prompts: task prompts ('a+b=' questions).
+        seed: seeds the choice of synthetic errors and of the own/synthetic draws.
+        wrong_per_prompt: triples (negatives) per prompt.
+        own_wrong: prompt id -> wrong answers the policy itself gave (the verifier calls each
+            wrong; order kept, duplicates allowed); None or a missing id: synthetic only.
+        own_share: probability that a triple of a prompt with own answers uses one.
+
+    Returns:
+        (question, correct sum, wrong answer) triples, prompt by prompt.
+    """
     rng = random.Random(f"rm/{seed}")
     out: list[tuple[str, str, str]] = []
     for p in prompts:
         a, b = operands(p)
-        out.extend((p.question, str(a + b), wrong_answer(a, b, rng)[0]) for _ in range(wrong_per_prompt))
+        own = (own_wrong or {}).get(p.id, [])
+        used = 0
+        for _ in range(wrong_per_prompt):
+            wrong = wrong_answer(a, b, rng)[0]
+            if own and rng.random() < own_share:
+                wrong, used = own[used % len(own)], used + 1
+            out.append((p.question, str(a + b), wrong))
     return out
 
 

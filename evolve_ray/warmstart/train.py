@@ -254,3 +254,47 @@ def reward_pair_accuracy(model: PreTrainedModel, tokenizer, triples: Sequence[tu
         z = reward_logits(model, tokenizer, [(q, c) for q, c, _ in chunk] + [(q, w) for q, _, w in chunk])
         hits += int((z[: len(chunk)] > z[len(chunk) :]).sum())
     return hits / len(triples)
+
+
+@torch.no_grad()
+def reward_on_samples(
+    model: PreTrainedModel, tokenizer, task, prompts: list[Prompt], samples: list[list[str]]
+) -> dict[str, float]:
+    """How the reward model judges a policy's own answers, against the verifier.
+
+    Args:
+        prompts: the prompts the answers were sampled for.
+        samples: per prompt, its sampled answers (any number; repeats allowed).
+
+    Returns:
+        agreement: share of answers where the logit's sign matches the verifier;
+        pair_accuracy: over each prompt's (right, wrong) pairs of distinct answers, the share
+            where the right one scores higher;
+        top_pick_wrong: of the prompts with both right and wrong answers, the share whose
+            highest-scored answer is wrong (a reward-chosen pair's chosen answer would be);
+        correct: share of answers the verifier calls right.
+    """
+    rows = [(p, y.strip()) for p, ys in zip(prompts, samples, strict=True) for y in ys]
+    logits: list[float] = []
+    for i in range(0, len(rows), 256):
+        logits += reward_logits(model.eval(), tokenizer, [(p.question, y) for p, y in rows[i : i + 256]]).tolist()
+    right = [task.verify(p, y) for p, y in rows]
+    by_prompt: dict[str, dict[str, tuple[float, bool]]] = {}
+    for (p, y), z, r in zip(rows, logits, right, strict=True):
+        by_prompt.setdefault(p.id, {})[y] = (z, r)
+    pairs = picks = picked_wrong = 0
+    pair_hits = 0
+    for scored in by_prompt.values():
+        good = [z for z, r in scored.values() if r]
+        bad = [z for z, r in scored.values() if not r]
+        pairs += len(good) * len(bad)
+        pair_hits += sum(g > b for g in good for b in bad)
+        if good and bad:
+            picks += 1
+            picked_wrong += int(max(bad) >= max(good))
+    return {
+        "agreement": sum((z > 0) == r for z, r in zip(logits, right, strict=True)) / len(rows),
+        "pair_accuracy": pair_hits / pairs if pairs else float("nan"),
+        "top_pick_wrong": picked_wrong / picks if picks else float("nan"),
+        "correct": sum(right) / len(rows),
+    }

@@ -20,7 +20,7 @@ def test_bench_push_smoke_writes_the_ratio_to_a_copy_measured_in_the_same_run(ra
     (fig,) = push["figures"]  # 10M parameters into 1 generator
     assert fig["peer_name"] == "1 copy" and fig["value"] > 0 and fig["peer"] > 0
     assert fig["ratio"] == pytest.approx(fig["value"] / fig["peer"])
-    assert fig["goal"] is None  # the 4x goal starts at 100M parameters
+    assert fig["goal"] is None  # the push goal starts at 100M parameters
     assert push["settings"]["10M_bytes"] > 40e6  # ~10.7M float32 parameters were pushed
     assert min(push["peak_rss_mb"].values()) > 0
     assert doc["machine"]["cpu_count"] >= 1 and doc["versions"]["vllm"] != "not installed"

@@ -3,6 +3,7 @@ template), the SFT loop, and the shipped checkpoints (loadable, deterministic, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -13,14 +14,25 @@ from evolve_ray.config import load_config
 from evolve_ray.models.loading import load_policy, load_reward, load_tokenizer
 from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer
 from evolve_ray.tasks.arith import ArithTask
+from evolve_ray.types import Prompt
 from evolve_ray.warmstart import PARTS, SHIPPED, is_complete
-from evolve_ray.warmstart.build import WarmStartSpec
-from evolve_ray.warmstart.data import ERROR_KINDS, _no_carry_sum, reward_rows, sft_pairs, wrong_answer
+from evolve_ray.warmstart.build import WarmStartSpec, own_wrong_answers, reward_on_policy_samples
+from evolve_ray.warmstart.data import (
+    ERROR_KINDS,
+    _no_carry_sum,
+    operands,
+    reward_rows,
+    reward_triples,
+    sft_pairs,
+    wrong_answer,
+)
 from evolve_ray.warmstart.train import generate, refinement_probe, reward_agreement, train_sft
 
 # Measured on the shipped reward model (manifest.json: measured.reward); the test allows a few
 # points less so that a rebuild on another CPU (float differences) does not fail it.
 RM_MIN_AGREEMENT = 0.88
+# The same on the policy's own temperature-1 answers to the round-split validation prompts.
+RM_MIN_ROUND_AGREEMENT = 0.85
 
 
 def _digits_changed(x: int, y: int) -> int:
@@ -69,6 +81,41 @@ def test_reward_rows_carry_the_verifier_label() -> None:
     by_question = {p.question: p for p in prompts}
     assert len(rows) == 40
     assert all(task.verify(by_question[q], a) == (y == 1.0) for q, a, y in rows)
+
+
+def test_reward_triples_take_the_policys_own_wrong_answers_as_negatives() -> None:
+    """own_share 1: a prompt with own answers gets them as its negatives, in turn (starting over when
+    they run out); the others keep their synthetic ones; the correct side is the verifier's."""
+    task = ArithTask(seed=0)
+    prompts = task.prompts("train", 30)
+    own = {p.id: [str(int(p.answer) + 1), str(int(p.answer) + 10), "1" + str(p.answer)] for p in prompts[20:]}
+    triples = reward_triples(prompts, seed=0, wrong_per_prompt=4, own_wrong=own, own_share=1.0)
+    assert len(triples) == 120
+    assert triples[:80] == reward_triples(prompts[:20], seed=0, wrong_per_prompt=4)  # same stream before
+    for i, p in enumerate(prompts):
+        mine = triples[4 * i : 4 * i + 4]
+        assert all(q == p.question and right == p.answer and task.verify(p, right) for q, right, _ in mine)
+        assert not any(task.verify(p, wrong) for _, _, wrong in mine)
+        if p.id in own:
+            assert [w for _, _, w in mine] == own[p.id] + own[p.id][:1]
+    assert triples == reward_triples(prompts, seed=0, wrong_per_prompt=4, own_wrong=own, own_share=1.0)
+
+
+def test_reward_triples_mix_own_and_synthetic_negatives_at_their_share() -> None:
+    """own_share 0.5: about half of the negatives of prompts with own answers are theirs, the rest
+    realistic synthetic slips; None or an empty dict gives the synthetic-only default."""
+    prompts = ArithTask(seed=0).prompts("train", 400)
+    own = {p.id: [str(int(p.answer) + 100)] for p in prompts}
+    mixed = reward_triples(prompts, seed=3, wrong_per_prompt=2, own_wrong=own, own_share=0.5)
+    used = sum(w == own[p.id][0] for p, (_, _, w) in zip([p for p in prompts for _ in (0, 1)], mixed, strict=True))
+    assert 0.4 * len(mixed) <= used <= 0.6 * len(mixed), used
+    for q, right, wrong in mixed:
+        a, b = operands(Prompt(id="x", question=q))
+        assert right == str(a + b) != wrong
+    default = reward_triples(prompts, seed=3, wrong_per_prompt=2)
+    assert default == reward_triples(prompts, seed=3, wrong_per_prompt=2, own_wrong={}, own_share=0.5)
+    assert default == reward_triples(prompts, seed=3, wrong_per_prompt=2, own_wrong=None)
+    assert mixed == reward_triples(prompts, seed=3, wrong_per_prompt=2, own_wrong=own, own_share=0.5)
 
 
 def test_sft_lowers_the_loss_and_is_deterministic() -> None:
@@ -151,6 +198,22 @@ def test_reward_model_agrees_with_the_verifier_on_held_out_data(manifest: dict) 
     assert agreement == pytest.approx(manifest["measured"]["reward"]["agreement_heldout"], abs=0.02)
 
 
+def test_shipped_warm_start_is_the_default_recipe(manifest: dict) -> None:
+    assert manifest["spec"] == json.loads(json.dumps(dataclasses.asdict(WarmStartSpec())))
+
+
+def test_reward_model_agrees_with_the_verifier_on_the_policys_own_samples(manifest: dict) -> None:
+    """Measured again as the build does: the policy's temperature-1 answers to the evaluation
+    prompts and to the round-split validation prompts (the ones settings are chosen on)."""
+    torch.set_num_threads(1)
+    measured = reward_on_policy_samples(WarmStartSpec(), SHIPPED)
+    recorded = manifest["measured"]["reward"]
+    for key in ("agreement_policy_samples", "agreement_policy_samples_round", "pair_accuracy_policy_samples_round"):
+        assert measured[key] == pytest.approx(recorded[key], abs=0.02), key
+    assert measured["agreement_policy_samples_round"] >= RM_MIN_ROUND_AGREEMENT
+    assert 0.3 <= measured["policy_samples_correct_round"] <= 0.9  # both kinds of answer are there to judge
+
+
 def test_own_wrong_answers_replace_synthetic_ones_at_their_share() -> None:
     """own_share 1: every prompt with a known own answer uses it as y_l; the others stay synthetic."""
     prompts = ArithTask(seed=0).prompts("train", 40)
@@ -160,6 +223,22 @@ def test_own_wrong_answers_replace_synthetic_ones_at_their_share() -> None:
     assert [r.rejected for r in refine[:20]] == [own[p.id] for p in prompts[:20]]
     assert built.error_kinds["own"] == 20 and sum(built.error_kinds.values()) == 40
     assert all(r.rejected != r.chosen for r in refine)
+
+
+def test_own_wrong_answers_gather_distinct_wrong_answers_over_samples() -> None:
+    """Sample i is seeded seed + i, so one sample is the first of several; answers are kept once each."""
+    torch.set_num_threads(1)
+    task, tok = ArithTask(seed=0), build_tokenizer()
+    prompts = task.prompts("train", 16)
+    model = build_policy(TinySpec(hidden=64, layers=1, heads=2, intermediate=64), tok)
+    one = own_wrong_answers(model, tok, task, prompts, 0)
+    three = own_wrong_answers(model, tok, task, prompts, 0, samples=3)
+    assert one and set(one) <= set(three)
+    assert all(three[pid][0] == answers[0] and len(answers) == 1 for pid, answers in one.items())
+    by_id = {p.id: p for p in prompts}
+    for pid, answers in three.items():
+        assert answers and len(set(answers)) == len(answers) <= 3
+        assert all(a == a.strip() and not task.verify(by_id[pid], a) for a in answers)
 
 
 def test_sft_stops_when_the_measured_target_says_so() -> None:
@@ -184,3 +263,25 @@ def test_a_partial_rebuild_needs_a_manifest_that_describes_the_kept_parts(tmp_pa
     (tmp_path / "manifest.json").write_text(json.dumps({"spec": spec | {"rm_epochs": 1}, "measured": {}}))
     with pytest.raises(SystemExit, match="reward was built with other rm_epochs"):
         build_warm_start(tmp_path, parts=("policy", "policy_direct_only"))
+    # A manifest from before the own-negative fields described a synthetic-only reward model.
+    before = {k: v for k, v in spec.items() if not k.startswith("rm_own_")} | {"rm_epochs": 1}
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": before, "measured": {}}))
+    with pytest.raises(SystemExit, match="reward was built with other rm_epochs: rebuild"):
+        build_warm_start(tmp_path, parts=("policy", "policy_direct_only"))
+
+
+def test_a_reward_model_that_learns_from_the_policys_answers_is_rebuilt_with_it(tmp_path) -> None:
+    """With own negatives the reward part depends on the policy's recipe and on its built weights."""
+    from evolve_ray.warmstart.build import build_warm_start
+
+    own = WarmStartSpec(rm_own_samples=2)
+    spec = json.loads(json.dumps(dataclasses.asdict(own)))
+    other_refine = spec | {"refine": spec["refine"] | {"lr": 0.5}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": other_refine, "measured": {}}))
+    with pytest.raises(SystemExit, match="reward was built with other refine"):
+        build_warm_start(tmp_path, own, parts=("policy", "policy_direct_only"))
+    with pytest.raises(SystemExit, match="policy was built with other refine"):
+        build_warm_start(tmp_path, WarmStartSpec(), parts=("reward",))
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": spec, "measured": {}}))
+    with pytest.raises(SystemExit, match="rebuild it with the policy"):
+        build_warm_start(tmp_path, own, parts=("policy",))
