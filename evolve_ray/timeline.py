@@ -10,7 +10,8 @@ turns the marks into the split `evolve-ray bench` reports and the run logs at it
                       the start evaluation and the first collect)
     start_evaluation  -> the starting policy is evaluated (report.json's "start" row)
     first_candidate   the driver starts -> the first candidate of its first collect
-    shutdown          the rounds are done -> the trainer group and the actors are gone
+    close             the rounds are done -> the trainer group and the actors are released
+                      (the process's own exit, with Ray's, comes after: the bench measures it)
 
 "imports" is there only for a process's first run (`evolve-ray reproduce` drives many runs in
 one process). Pure: standard library only (the process start time is passed in).
@@ -33,7 +34,7 @@ PHASES = (
     ("trainer_group", "trainer_launched", "trainer_ready"),
     ("start_evaluation", "generators_ready", "start_evaluated"),
     ("first_candidate", "driver", "first_candidate"),
-    ("shutdown", "rounds_done", "closed"),
+    ("close", "rounds_done", "closed"),
 )
 
 

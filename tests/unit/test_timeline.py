@@ -51,7 +51,7 @@ def test_phases_and_their_line() -> None:
         "trainer_group": 21.5,
         "start_evaluation": 4.0,
         "first_candidate": 30.0,
-        "shutdown": 3.0,
+        "close": 3.0,
     }
     assert phases_text(split).startswith("imports 5.0 s, cluster 6.0 s, actors 19.0 s, trainer group 21.5 s")
 
