@@ -19,12 +19,14 @@ one process). Pure: standard library only (the process start time is passed in).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from evolve_ray.rundir import write_json
 
+log = logging.getLogger(__name__)
 STARTUP_FILE = "startup.json"
 # (phase, from milestone, to milestone)
 PHASES = (
@@ -64,4 +66,7 @@ class Timeline:
 
     def write(self) -> None:
         doc: dict[str, Any] = {"marks": self.marks, "phases_s": phases(self.marks)}
-        write_json(self.path, doc)
+        try:
+            write_json(self.path, doc)
+        except OSError as e:  # a full disk: the run's own next write reports it; this file must not hide it
+            log.warning("could not write %s: %s", self.path, e)

@@ -38,13 +38,18 @@ def inspect_in_process(model_path: str) -> None:
     initialised in the engine's process) and caches the result under VLLM_CACHE_ROOT: the first
     engine under a fresh cache root (every run: the cache lives in the run directory) spent 8-12 s
     on that second vLLM import. On CPU there is no CUDA to protect, so the class is imported and
-    inspected in this process. A hub id or an unknown architecture is left to vLLM.
+    inspected in this process. A hub id or an unknown architecture is left to vLLM
+    (tests/ray/test_vllm_engine.py checks that no inspection subprocess runs).
     """
     config = os.path.join(model_path, "config.json")
     if not os.path.isfile(config):
         return
     from vllm import ModelRegistry
-    from vllm.model_executor.models.registry import _LazyRegisteredModel
+
+    try:  # a private class of vLLM 0.32: another version may lack it, and then vLLM inspects as it did
+        from vllm.model_executor.models.registry import _LazyRegisteredModel
+    except ImportError:
+        return
 
     with open(config, encoding="utf-8") as f:
         archs = json.load(f).get("architectures") or []

@@ -51,3 +51,27 @@ def test_both_scorer_backends_return_the_reward_models_raw_logit(tiny_models, to
     assert got["transformers"] == pytest.approx(forward, abs=1e-5)
     assert got["vllm"] == pytest.approx(forward, abs=1e-4)
     assert [torch.sigmoid(torch.tensor(v)).item() for v in forward] != pytest.approx(forward, abs=1e-3)  # can fail
+
+
+def test_engine_start_inspects_the_model_class_in_process(tiny_models, tmp_path, monkeypatch) -> None:
+    """On CPU the checkpoint's architecture is registered as a class imported in the engine's own
+    process, so vLLM runs no inspection subprocess (a second vLLM import, 8-12 s) and writes no
+    model-info cache, even under a fresh VLLM_CACHE_ROOT."""
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.registry import _LazyRegisteredModel
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "fresh-cache"))
+    engine = VLLMEngine(
+        str(tiny_models["policy"]),
+        dtype="float32",
+        max_model_len=256,
+        kv_cache_mib=64,
+        enforce_eager=True,
+        tensor_parallel_size=1,
+        seed=0,
+        trust_remote_code=False,
+    )
+    assert not isinstance(ModelRegistry.models["LlamaForCausalLM"], _LazyRegisteredModel)
+    assert not (tmp_path / "fresh-cache" / "modelinfos").exists()
+    (out,) = engine.generate([[5, 6, 7]], SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=3), [0])
+    assert len(out.token_ids) >= 1

@@ -69,3 +69,13 @@ def test_bench_split_measures_shutdown_to_the_process_exit() -> None:
     ]
     assert split["shutdown to exit"] == pytest.approx(6.5)
     assert sum(split[k] for k in ("imports", "cluster", "actors", "start_evaluation", "shutdown to exit")) == 40.5
+
+
+def test_a_failed_write_is_a_warning_not_an_error(tmp_path, caplog) -> None:
+    """A full disk must not stop the driver's shutdown: the marks stay in memory."""
+    blocked = tmp_path / "run"
+    blocked.write_text("a file where the run directory should be")  # every write under it fails
+    t = Timeline(blocked, process_start=1.0)
+    t.mark("driver", at=2.0)
+    assert t.marks == {"process": 1.0, "driver": 2.0}
+    assert "could not write" in caplog.text
