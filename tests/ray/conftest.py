@@ -10,8 +10,8 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_env(tmp_path_factory: pytest.TempPathFactory) -> None:
-    # One vLLM cache for the session: the first engine of a model class under a fresh cache root
-    # costs 8-12 s extra (docs/platform.md). Set before the cluster starts so every actor inherits it.
+    # One vLLM cache root for the session, set before the cluster starts so every actor inherits
+    # it (engines on CPU inspect the model class in process and write little there: docs/platform.md).
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
