@@ -14,7 +14,7 @@ turns the marks into the split `evolve-ray bench` reports and the run logs at it
                       (the process's own exit, with Ray's, comes after: the bench measures it)
 
 "imports" is there only for a process's first run (`evolve-ray reproduce` drives many runs in
-one process). Pure: standard library only (the process start time is passed in).
+one process). No ray, no vllm: the process start time is passed in.
 """
 
 from __future__ import annotations
