@@ -298,3 +298,18 @@ def reward_on_samples(
         "top_pick_wrong": picked_wrong / picks if picks else float("nan"),
         "correct": sum(right) / len(rows),
     }
+
+
+def own_wrong_answers(
+    model: PreTrainedModel, tok, task, prompts: list[Prompt], seed: int, samples: int = 1
+) -> dict[str, list[str]]:
+    """prompt id -> the model's distinct wrong, non-empty answers among `samples` sampled ones
+    (temperature 1; sample i seeded seed + i), in the order first drawn; prompts without one are left out."""
+    out: dict[str, list[str]] = {}
+    for i in range(samples):
+        drawn = generate(model.eval(), tok, [p.question for p in prompts], temperature=1.0, seed=seed + i)
+        for p, y in zip(prompts, drawn, strict=True):
+            wrong = out.setdefault(p.id, [])
+            if y.strip() and not task.verify(p, y) and y.strip() not in wrong:
+                wrong.append(y.strip())
+    return {k: v for k, v in out.items() if v}

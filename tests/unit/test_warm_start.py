@@ -16,7 +16,6 @@ from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Prompt
 from evolve_ray.warmstart import PARTS, SHIPPED, is_complete
-from evolve_ray.warmstart.build import WarmStartSpec, own_wrong_answers, reward_on_policy_samples
 from evolve_ray.warmstart.data import (
     ERROR_KINDS,
     _no_carry_sum,
@@ -26,7 +25,9 @@ from evolve_ray.warmstart.data import (
     sft_pairs,
     wrong_answer,
 )
-from evolve_ray.warmstart.train import generate, refinement_probe, reward_agreement, train_sft
+from evolve_ray.warmstart.reward import reward_on_policy_samples
+from evolve_ray.warmstart.spec import WarmStartSpec
+from evolve_ray.warmstart.train import generate, own_wrong_answers, refinement_probe, reward_agreement, train_sft
 
 # Measured on the shipped reward model (manifest.json: measured.reward); the test allows a few
 # points less so that a rebuild on another CPU (float differences) does not fail it.
