@@ -286,3 +286,20 @@ def test_a_reward_model_that_learns_from_the_policys_answers_is_rebuilt_with_it(
     (tmp_path / "manifest.json").write_text(json.dumps({"spec": spec, "measured": {}}))
     with pytest.raises(SystemExit, match="rebuild it with the policy"):
         build_warm_start(tmp_path, own, parts=("policy",))
+
+
+def test_reward_training_triples_harvest_the_shipped_policys_own_wrong_answers() -> None:
+    """The build's path for rm_own_samples: the policy in the output directory answers the train
+    prompts, and its wrong answers become negatives, counted for the manifest."""
+    from evolve_ray.warmstart.reward import reward_training_triples
+
+    torch.set_num_threads(1)
+    spec = dataclasses.replace(WarmStartSpec(), train_prompts=200, rm_own_samples=2, rm_own_share=1.0)
+    triples, counts = reward_training_triples(spec, SHIPPED)
+    assert counts["triples"] == len(triples) == 200
+    assert 0 < counts["own_prompts"] <= counts["own_wrong_answers"] <= 2 * counts["own_prompts"]
+    assert counts["own_negatives"] == counts["own_prompts"]  # share 1: every such prompt's negative is its own
+    task = ArithTask(seed=spec.task_seed)
+    by_question = {p.question: p for p in task.prompts("train", 200)}
+    assert all(task.verify(by_question[q], right) and not task.verify(by_question[q], w) for q, right, w in triples)
+    assert (triples, counts) == reward_training_triples(spec, SHIPPED)  # seeded
