@@ -218,6 +218,9 @@ class RunConfig:
     )
     eval_num_samples: int = _f(4, "N of the parallel strategies in run.eval_strategies.", min=1)
     eval_strategies_every_round: bool = _f(False, "Compare run.eval_strategies after every round, not only the last.")
+    eval_start: bool = _f(
+        True, "Evaluate the starting policy before round 0 (report row 'start'); false skips it, e.g. when it is known."
+    )
     trackers: list[str] = _f([], "Optional trackers: wandb, mlflow, tensorboard.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Logging level.")
 

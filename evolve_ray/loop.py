@@ -132,8 +132,8 @@ def evaluate(s: Session, round_: int) -> dict[str, Any]:
 
 def evaluate_start(s: Session) -> None:
     """The starting policy on the held-out prompts, before round 0: report.json's row -1
-    ("start"), so every run shows its gain from where it began."""
-    if s.cfg.data.eval_prompts == 0 or any(r["round"] == START for r in load_rows(s.run)):
+    ("start"), so every run shows its gain from where it began. Skipped with run.eval_start=false."""
+    if not s.cfg.run.eval_start or s.cfg.data.eval_prompts == 0 or any(r["round"] == START for r in load_rows(s.run)):
         return
     t = time.perf_counter()
     row = evaluate(s, START) | {"round": START, "time/evaluate_s": time.perf_counter() - t}

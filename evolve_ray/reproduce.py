@@ -1,7 +1,8 @@
 """`evolve-ray reproduce`: the paper's comparison at demo scale, N seeds, through the product path.
 
-Round-based arms run `loop.run` with their config overrides; the SFT arms are evaluated with
-`loop.eval_model`. An arm that chooses its own learning rate first runs seed `seeds[0]` at each
+Round-based arms run `loop.run` with their config overrides, without the start evaluation (every
+one starts from the warm start, whose evaluation is the sr_sft arm's); the SFT arms are evaluated
+with `loop.eval_model`. An arm that chooses its own learning rate first runs seed `seeds[0]` at each
 value of the grid and keeps the one with the best `comparison.lr_criterion` (round prompts only);
 that run is its seed-`seeds[0]` result, and the other seeds run at the chosen value. Every
 arm-seed result is written to ARM[/lrX]/seedN/row.json as soon as it exists, so rerunning with the
@@ -52,7 +53,18 @@ def run_arm(
     t0 = time.perf_counter()
     extra: dict[str, float] = {}
     if arm.trains:
-        cfg = load_config(config, [*sets, *arm.sets, *eval_sets, f"run.rounds={rounds}", f"run.out={run_dir / 'run'}"])
+        # No start evaluation: it would repeat the sr_sft arm's (the same warm start, prompts and greedy chain).
+        cfg = load_config(
+            config,
+            [
+                *sets,
+                *arm.sets,
+                *eval_sets,
+                "run.eval_start=false",
+                f"run.rounds={rounds}",
+                f"run.out={run_dir / 'run'}",
+            ],
+        )
         loop.run(cfg)
         rows = [r for r in load_rows(run_dir / "run") if r["round"] >= 0]
         metrics = rows[-1]

@@ -10,6 +10,7 @@ import pytest
 
 from evolve_ray.comparison import ARMS, LR_GRID, columns
 from evolve_ray.errors import UserError
+from evolve_ray.report import load_rows
 from evolve_ray.reproduce import reproduce
 
 
@@ -24,7 +25,10 @@ def test_smoke_reproduce_writes_the_tables(ray_cluster, tmp_path: Path) -> None:
         assert all(0.0 <= run[c] <= 1.0 for c in columns() if c.endswith(("_acc", "_improved", "_degraded")))
         if "lr" in agg:  # a round-based arm: trained on something, at the smoke's one learning rate
             assert run["examples_per_round"] > 0 and run["lr"] == agg["lr"] == LR_GRID[-1], name
-            assert (out / name / f"lr{LR_GRID[-1]:g}" / "seed0" / "run" / "checkpoints" / "r000").is_dir()
+            run_dir = out / name / f"lr{LR_GRID[-1]:g}" / "seed0" / "run"
+            assert (run_dir / "checkpoints" / "r000").is_dir()
+            # run.eval_start=false: no start row (the sr_sft arm's evaluation is the start), round 0's is there
+            assert [r["round"] for r in load_rows(run_dir)] == [0], name
         assert agg["std"]["direct_acc"] == 0.0  # one seed
     assert {n for n, a in result["arms"].items() if "lr" in a} == set(ARMS) - {"direct_sft", "sr_sft"}
     assert set(result["arms"]["evolve"]["lr_sweep"]) == {f"{LR_GRID[-1]:g}"}

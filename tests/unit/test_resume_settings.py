@@ -39,6 +39,7 @@ MAY_CHANGE = [
     "run.eval_strategies=[direct,chain]",
     "run.eval_num_samples=2",
     "run.eval_strategies_every_round=true",
+    "run.eval_start=false",
     "run.log_level=DEBUG",
     "run.trackers=[tensorboard]",
     "cluster.placement_timeout_s=30",
