@@ -1,7 +1,8 @@
-"""The driver itself SIGKILLed (at each stage boundary, and in the middle of generation), then
-`evolve-ray run --resume RUN` in a new process: the run finishes with exactly the prompts,
-candidates and pairs of an uninterrupted run of the same config (greedy decoding, fixed seeds):
-no duplicate, no gap.
+"""The driver itself SIGKILLed at each stage boundary and in the middle of generation, each time
+followed by `evolve-ray run --resume RUN` in a new process: the run finishes with exactly the
+prompts, candidates and pairs of an uninterrupted run of the same config (greedy decoding, fixed
+seeds): no duplicate, no gap. One run takes all five kills in turn (a resume of a resumed run is
+the harder case, and one chain of drivers costs half the cluster start-ups of one run per kill).
 
 Each driver is `evolve-ray run` in its own process with its own local Ray cluster (not the test
 session's). A SIGKILLed driver takes its GCS and raylet down with it (Ray's fate sharing) but its
@@ -115,35 +116,54 @@ def reference(tiny_models, tmp_path_factory) -> dict[str, Any]:
     return snap
 
 
-def kill_and_resume(tiny_models, tmp_path: Path, when: Callable[[Path], bool]) -> tuple[Path, dict | None]:
-    """Run until `when(run)` holds, SIGKILL the driver, wait for its run processes to go, resume.
-    Returns the run directory and the state.json seen right after the kill."""
-    run = tmp_path / "run"
-    first = Driver(run_args(tiny_models, run), tmp_path / "first.log")
-    resumed = None
+# The kill points in the order a run reaches them, with the state.json each must leave behind.
+KILLS = [
+    ("mid round 0 generation", mid_generation(0), None),  # before round 0's collect completed
+    ("after collect", completed(0, "collect"), {"round": 0, "stage": "collect"}),
+    ("after train", completed(0, "train"), {"round": 0, "stage": "train"}),
+    ("after evaluate", completed(0, "evaluate"), {"round": 0, "stage": "evaluate"}),
+    ("mid round 1 generation", mid_generation(1), {"round": 0, "stage": "evaluate"}),
+]
+
+
+def wait_until(driver: Driver, run: Path, when: Callable[[Path], bool], timeout: float = 900) -> None:
+    deadline, last_track = time.time() + timeout, 0.0
+    while not when(run):
+        assert driver.running(), f"the run ended before the kill point: {driver.output()[-3000:]}"
+        assert time.time() < deadline, "kill point never reached"
+        if time.time() - last_track > 0.5:
+            driver.track()
+            last_track = time.time()
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def killed_at_every_point(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+    """One run SIGKILLed at every kill point in turn, each time resumed by a new `--resume` driver
+    (so every resume but the first starts from a run that was itself resumed), the last resume left
+    to finish. Returns the run directory and, per kill point, the state.json seen right after the
+    kill and the output of the driver that resumed from it."""
+    tmp = tmp_path_factory.mktemp("killed")
+    run = tmp / "run"
+    driver = Driver(run_args(tiny_models, run), tmp / "first.log")
+    drivers, seen = [driver], {}
     try:
-        deadline, last_track = time.time() + 900, 0.0
-        while not when(run):
-            assert first.running(), f"the run ended before the kill point: {first.output()[-3000:]}"
-            assert time.time() < deadline, "kill point never reached"
-            if time.time() - last_track > 0.5:
-                first.track()
-                last_track = time.time()
-            time.sleep(0.01)
-        first.kill()
-        at_kill = state(run)
-        # Ray's fate sharing ends the raylet, and with it every worker, once the driver is gone.
-        assert first.wait_for_exit(RUN_PROCESSES, timeout=60) == []
-        resumed = Driver(["run", "--resume", str(run)], tmp_path / "resume.log")
-        rc = resumed.wait(timeout=900)
-        assert rc == 0, resumed.output()[-3000:]
-        assert "started a local Ray cluster" in resumed.output()  # a fresh one, beside the orphans
+        for i, (name, when, _) in enumerate(KILLS):
+            wait_until(driver, run, when)
+            driver.kill()
+            at_kill = state(run)
+            # Ray's fate sharing ends the raylet, and with it every worker, once the driver is gone.
+            assert driver.wait_for_exit(RUN_PROCESSES, timeout=60) == [], name
+            driver = Driver(["run", "--resume", str(run)], tmp / f"resume{i}.log")
+            drivers.append(driver)
+            seen[name] = {"at_kill": at_kill, "resumed_by": driver}
+        rc = driver.wait(timeout=900)
+        assert rc == 0, driver.output()[-3000:]
     finally:
-        first.cleanup()
-        if resumed is not None:
-            resumed.cleanup()
-    assert first.survivors() == [] and (resumed is None or resumed.survivors() == [])
-    return run, at_kill
+        for d in drivers:
+            d.cleanup()
+    assert [d.survivors() for d in drivers] == [[]] * len(drivers)
+    return run, {name: {"at_kill": v["at_kill"], "resume_log": v["resumed_by"].output()} for name, v in seen.items()}
 
 
 def check_finished_like_reference(run: Path, reference: dict[str, Any]) -> None:
@@ -159,22 +179,15 @@ def check_finished_like_reference(run: Path, reference: dict[str, Any]) -> None:
             assert got[key] == want, f"{key} differs from the uninterrupted run"
 
 
-def test_driver_killed_mid_generation_resumes_to_the_same_run(tiny_models, tmp_path, reference) -> None:
-    run, at_kill = kill_and_resume(tiny_models, tmp_path, mid_generation(0))
-    assert at_kill is None  # killed before round 0's collect completed
-    check_finished_like_reference(run, reference)
+@pytest.mark.parametrize(("name", "expected"), [(name, expected) for name, _, expected in KILLS])
+def test_driver_killed_at_each_point_leaves_its_state_and_a_fresh_cluster_resumes(
+    killed_at_every_point, name, expected
+) -> None:
+    _, seen = killed_at_every_point
+    assert seen[name]["at_kill"] == expected, name
+    assert "started a local Ray cluster" in seen[name]["resume_log"]  # a fresh one, beside the orphans
 
 
-@pytest.mark.parametrize(
-    ("name", "when", "expected"),
-    [
-        ("after collect", completed(0, "collect"), {"round": 0, "stage": "collect"}),
-        ("after train", completed(0, "train"), {"round": 0, "stage": "train"}),
-        ("after evaluate", completed(0, "evaluate"), {"round": 0, "stage": "evaluate"}),
-        ("mid round 1 generation", mid_generation(1), {"round": 0, "stage": "evaluate"}),
-    ],
-)
-def test_driver_killed_at_each_stage_boundary(tiny_models, tmp_path, reference, name, when, expected) -> None:
-    run, at_kill = kill_and_resume(tiny_models, tmp_path, when)
-    assert at_kill == expected, name
+def test_the_run_killed_at_every_point_finishes_like_an_uninterrupted_one(killed_at_every_point, reference) -> None:
+    run, _ = killed_at_every_point
     check_finished_like_reference(run, reference)
