@@ -138,7 +138,7 @@ def wait_until(driver: Driver, run: Path, when: Callable[[Path], bool], timeout:
 
 
 @pytest.fixture(scope="module")
-def killed_at_every_point(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+def killed_at_every_point(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, tuple[dict | None, str]]]:
     """One run SIGKILLed at every kill point in turn, each time resumed by a new `--resume` driver
     (so every resume but the first starts from a run that was itself resumed), the last resume left
     to finish. Returns the run directory and, per kill point, the state.json seen right after the
@@ -146,7 +146,7 @@ def killed_at_every_point(tiny_models, tmp_path_factory) -> tuple[Path, dict[str
     tmp = tmp_path_factory.mktemp("killed")
     run = tmp / "run"
     driver = Driver(run_args(tiny_models, run), tmp / "first.log")
-    drivers, seen = [driver], {}
+    drivers, resumed_from = [driver], {}
     try:
         for i, (name, when, _) in enumerate(KILLS):
             wait_until(driver, run, when)
@@ -156,14 +156,14 @@ def killed_at_every_point(tiny_models, tmp_path_factory) -> tuple[Path, dict[str
             assert driver.wait_for_exit(RUN_PROCESSES, timeout=60) == [], name
             driver = Driver(["run", "--resume", str(run)], tmp / f"resume{i}.log")
             drivers.append(driver)
-            seen[name] = {"at_kill": at_kill, "resumed_by": driver}
+            resumed_from[name] = (at_kill, driver)
         rc = driver.wait(timeout=900)
         assert rc == 0, driver.output()[-3000:]
     finally:
         for d in drivers:
             d.cleanup()
     assert [d.survivors() for d in drivers] == [[]] * len(drivers)
-    return run, {name: {"at_kill": v["at_kill"], "resume_log": v["resumed_by"].output()} for name, v in seen.items()}
+    return run, {name: (at_kill, d.output()) for name, (at_kill, d) in resumed_from.items()}
 
 
 def check_finished_like_reference(run: Path, reference: dict[str, Any]) -> None:
@@ -183,9 +183,9 @@ def check_finished_like_reference(run: Path, reference: dict[str, Any]) -> None:
 def test_driver_killed_at_each_point_leaves_its_state_and_a_fresh_cluster_resumes(
     killed_at_every_point, name, expected
 ) -> None:
-    _, seen = killed_at_every_point
-    assert seen[name]["at_kill"] == expected, name
-    assert "started a local Ray cluster" in seen[name]["resume_log"]  # a fresh one, beside the orphans
+    at_kill, resume_log = killed_at_every_point[1][name]
+    assert at_kill == expected, name
+    assert "started a local Ray cluster" in resume_log  # a fresh one, beside the orphans
 
 
 def test_the_run_killed_at_every_point_finishes_like_an_uninterrupted_one(killed_at_every_point, reference) -> None:
