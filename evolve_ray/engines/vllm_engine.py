@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -31,32 +31,26 @@ class _RotaryReloadFilter(logging.Filter):
 _ROTARY_FILTER = _RotaryReloadFilter()
 
 
-def inspect_in_process(model_path: str) -> None:
-    """Register the checkpoint's architectures with vLLM as classes already imported here.
+def inspect_in_process() -> None:
+    """Let vLLM inspect model classes in this process instead of a fresh subprocess each.
 
-    vLLM inspects a model class it has not imported in a fresh subprocess (so that CUDA is never
-    initialised in the engine's process) and caches the result under VLLM_CACHE_ROOT: the first
-    engine under a fresh cache root (every run: the cache lives in the run directory) spent 8-12 s
-    on that second vLLM import. On CPU there is no CUDA to protect, so the class is imported and
-    inspected in this process. A hub id or an unknown architecture is left to vLLM
+    vLLM inspects every model class it has not cached in a subprocess (so that CUDA is never
+    initialised in the engine's process) and caches the result under VLLM_CACHE_ROOT, which lives
+    in the run directory: every run paid a second vLLM import per class, 8-13 s on 2 cores. A
+    generation engine inspects its architecture; a pooling (reward model) engine two classes, the
+    transformers fallback and the base architecture it converts (about 26 s measured). On CPU
+    there is no CUDA to protect, so the inspection runs here, in the engine's own process. A vLLM
+    without this private helper (another version) inspects as it did
     (tests/ray/test_vllm_engine.py checks that no inspection subprocess runs).
     """
-    config = os.path.join(model_path, "config.json")
-    if not os.path.isfile(config):
-        return
-    from vllm import ModelRegistry
+    from vllm.model_executor.models import registry
 
-    try:  # a private class of vLLM 0.32: another version may lack it, and then vLLM inspects as it did
-        from vllm.model_executor.models.registry import _LazyRegisteredModel
-    except ImportError:
-        return
+    if callable(getattr(registry, "_run_in_subprocess", None)):
+        registry._run_in_subprocess = _call_here
 
-    with open(config, encoding="utf-8") as f:
-        archs = json.load(f).get("architectures") or []
-    for arch in archs:
-        entry = ModelRegistry.models.get(arch)
-        if isinstance(entry, _LazyRegisteredModel):
-            ModelRegistry.register_model(arch, entry.load_model_cls())
+
+def _call_here(fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 class VLLMEngine:
@@ -86,7 +80,7 @@ class VLLMEngine:
         # offset"; whole-prompt prefill avoids it. GPUs keep chunked prefill.
         cpu_only: dict[str, Any] = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         if not torch.cuda.is_available():
-            inspect_in_process(model_path)
+            inspect_in_process()
         # The actor holds all its GPUs in one bundle of its own placement group (fleet.py): the
         # tensor-parallel workers run as its child processes. Left to choose, vLLM would pick its
         # Ray executor inside a placement group and look there for one bundle per GPU.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -58,16 +60,34 @@ def test_both_scorer_backends_return_the_reward_models_raw_logit(tiny_models, to
     assert [torch.sigmoid(torch.tensor(v)).item() for v in forward] != pytest.approx(forward, abs=1e-3)  # can fail
 
 
-def test_engine_start_inspects_the_model_class_in_process(tiny_models, tmp_path, monkeypatch) -> None:
-    """On CPU the checkpoint's architecture is registered as a class imported in the engine's own
-    process, so vLLM runs no inspection subprocess (a second vLLM import, 8-12 s) and writes no
-    model-info cache, even under a fresh VLLM_CACHE_ROOT."""
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.registry import _LazyRegisteredModel
+def test_engines_inspect_model_classes_in_process(tiny_models, tmp_path, monkeypatch) -> None:
+    """On CPU vLLM inspects a model class in the engine's own process, never in a subprocess (a
+    second vLLM import, 8-13 s each), for a generation engine and a pooling (reward model) engine
+    alike, under a fresh VLLM_CACHE_ROOT. The classes are inspected (their model-info cache is
+    written) but no inspection subprocess runs."""
+    import subprocess
 
+    from vllm.model_executor.models import registry
+
+    commands: list = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        commands.append(args[0] if args else kwargs.get("args"))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
     monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "fresh-cache"))
+    registry._try_inspect_model_cls.cache_clear()  # forget earlier tests' inspections in this process
     engine = _engine(tiny_models, max_model_len=256)
-    assert not isinstance(ModelRegistry.models["LlamaForCausalLM"], _LazyRegisteredModel)
-    assert not (tmp_path / "fresh-cache" / "modelinfos").exists()
     (out,) = engine.generate([[5, 6, 7]], SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=3), [0])
     assert len(out.token_ids) >= 1
+    cfg = load_config(None, ["scoring.backend=vllm"])
+    prompt = Prompt("p0", "3+4=")
+    (score,) = RewardModelScorer(cfg, str(tiny_models["reward"])).score(
+        [(Candidate("p0", 0, 0, "7", None, 0, 0, "chain"), prompt)]
+    )
+    assert math.isfinite(score.value)
+    assert not [c for c in commands if "vllm.model_executor.models.registry" in str(c)], commands
+    inspected = sorted(p.name for p in (tmp_path / "fresh-cache" / "modelinfos").glob("*.json"))
+    assert len(inspected) >= 2, inspected  # the policy's class, and the pooling engine's
