@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 
 import ray
 from ray.util import get_current_placement_group
@@ -15,6 +16,7 @@ from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_sh
 from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
 from evolve_ray.models.loading import load_tokenizer
+from evolve_ray.profiling import top_functions
 from evolve_ray.sync.transport import WeightPayload, unpack
 from evolve_ray.types import Candidate, Prompt
 
@@ -27,6 +29,7 @@ class GeneratorActor:
     def __init__(self, cfg: Config, model_path: str, index: int, version: int = 0) -> None:
         logging.basicConfig(level=cfg.run.log_level)
         self.index, self.served_version, self.broken = index, version, ""
+        self.last_load: dict = {}  # where the last weight load's time went (info() reports it)
         self.engine = make_engine(cfg, model_path)
         self.tokenizer = load_tokenizer(
             cfg.model.tokenizer or model_path, trust_remote_code=cfg.model.trust_remote_code
@@ -44,6 +47,7 @@ class GeneratorActor:
             "pid": os.getpid(),
             "placement_group": pg.id.hex() if (pg := get_current_placement_group()) else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "last_load": self.last_load,
         }
 
     def version(self) -> int:
@@ -102,18 +106,28 @@ class GeneratorActor:
         spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
         return [o.token_ids for o in self.engine.generate(prompt_ids, spec, [0] * len(prompt_ids))]
 
-    def load_weights(self, payload: WeightPayload) -> int:
+    def load_weights(self, payload: WeightPayload, profile: bool = False) -> int:
         """Load new weights in place. A payload that doesn't match leaves the old weights serving;
-        a failure inside the engine marks this actor broken (it refuses work from then on)."""
+        a failure inside the engine marks this actor broken (it refuses work from then on).
+        `profile` also records the engine load's five costliest functions (the push benchmark)."""
         self._check_alive()
+        t0 = time.perf_counter()
         weights = dict(unpack(payload))
         validate_weights(weights, self.expected)  # raises before the engine is touched
+        t1 = time.perf_counter()
+        top: dict[str, float] = {}
         try:
-            self.engine.load_weights(weights)
+            if profile:
+                _, top = top_functions(lambda: self.engine.load_weights(weights))
+            else:
+                self.engine.load_weights(weights)
         except Exception as e:
             self.broken = f"weight load of version {payload.version} failed inside the engine: {e}"
             raise WeightLoadError(self.broken) from e
         self.served_version = payload.version
+        self.last_load = {"version": payload.version, "read_validate_s": t1 - t0, "engine_s": time.perf_counter() - t1}
+        if profile:
+            self.last_load["engine_top_s"] = top
         log.info("generator %d now serves policy version %d", self.index, payload.version)
         return self.served_version
 

@@ -49,6 +49,12 @@ def pack_put_copy(state: dict[str, torch.Tensor]) -> tuple[float, float, float, 
     return pack_s, put_s, copy_s, payload.nbytes
 
 
+def profiled_load(gen: ray.actor.ActorHandle, state: dict[str, torch.Tensor], version: int) -> dict:
+    """One more (untimed) load into `gen`, under cProfile: the generator's own split of its load."""
+    ray.get(gen.load_weights.remote(ray.put(pack(state, version=version, transport="object_store")), profile=True))
+    return ray.get(gen.info.remote())["last_load"]
+
+
 def sizes(ctx: BenchContext) -> list[str]:
     if ctx.smoke:
         return ["10M"]
@@ -91,14 +97,19 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
         part.figures.append(
             Figure(f"push {params / 1e6:.0f}M params to {n} generator(s)", push_s, "s", copy_s, "1 copy", goal)
         )
+    split = profiled_load(gens[0], state, version + 1)
+    part.settings[f"{label}_load_split_s"] = split
     infos = ray.get([g.info.remote() for g in gens])
     for g in gens:
         ray.kill(g)
     part.memory_mb = {f"GeneratorActor {label} #{i['index']}": i["peak_rss_mb"] for i in infos}
     load_s = part.figures[0].value - pack_s - put_s
+    top = ", ".join(f"{name} {s / copy_s:.2f}" for name, s in split["engine_top_s"].items())
     part.notes.append(
         f"{label}: in units of one copy ({copy_s:.3f} s): pack {pack_s / copy_s:.1f}, ray.put {put_s / copy_s:.1f}, "
-        f"the generator's load (read, unpack, validate, reload_weights) {load_s / copy_s:.1f}"
+        f"the generator's load (read, unpack, validate, reload_weights, the call) {load_s / copy_s:.1f}; "
+        f"one more push, profiled inside the generator: read + validate {split['read_validate_s'] / copy_s:.2f}, "
+        f"the engine's load {split['engine_s'] / copy_s:.2f}, its costliest functions by own time: {top}"
     )
     return part
 
