@@ -118,7 +118,7 @@ class GeneratorActor:
         top: dict[str, float] = {}
         try:
             if profile:
-                _, top = top_functions(lambda: self.engine.load_weights(weights))
+                top = top_functions(lambda: self.engine.load_weights(weights))
             else:
                 self.engine.load_weights(weights)
         except Exception as e:
