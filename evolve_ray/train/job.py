@@ -114,6 +114,27 @@ class TrainCoordinator:
         return self.first_request
 
 
+class RunTrainer(TorchTrainer):
+    """`TorchTrainer` without Ray Train's placement-group cleaner.
+
+    The cleaner is a detached actor that asks the State API every second whether the controller
+    is alive. The State API is served by the dashboard, which the cleaner finds through the
+    machine's latest `ray start` address file when there is one. Without a dashboard it logs a
+    warning every second; with a stale address file each query blocks for up to 40 s, and at the
+    end of every run the controller waited 12 s for the cleaner to stop. Nothing is lost without it: the worker group's
+    placement group belongs to the run's job, which Ray removes when the driver ends, and a
+    controller that dies fails `fit()`, so the run stops with a TrainerError (docs/platform.md).
+    """
+
+    def _create_default_callbacks(self) -> list[Any]:
+        callbacks = super()._create_default_callbacks()  # type: ignore[misc]  # v2's TorchTrainer has it
+        try:  # Ray Train v2's callback (private); another layout keeps the stock callbacks
+            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        except ImportError:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+
 class TrainerGroup:
     """A long-lived data-parallel trainer; `train_round` once per round, `shutdown` at the end."""
 
@@ -140,7 +161,7 @@ class TrainerGroup:
         # On the driver's node (like the buffer, fleet.py): the round's state must not die with a worker node.
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = TrainCoordinator.options(scheduling_strategy=driver_node).remote(t.num_workers)  # type: ignore[attr-defined]  # a @ray.remote class: mypy sees the plain class
-        trainer = TorchTrainer(
+        trainer = RunTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "cfg": self.cfg,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray._common.utils import get_ray_address_file
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -25,10 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_start_cluster():
-    """`ray start --head --block` in its own process group. Stopping that group stops this cluster
-    only: `ray stop` would kill every Ray process on the machine, the session's cluster included."""
+    """`ray start --head --block` in its own process group, shared by the module's tests. Killing
+    that group stops this cluster only: `ray stop` would kill every Ray process on the machine, the
+    session's cluster included. `ray start` records its address in the machine's address file,
+    which only `ray stop` resets: the file is put back as it was."""
+    address_file = Path(get_ray_address_file(None))
+    before = address_file.read_text() if address_file.exists() else None
     env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     gcs, dash = _free_port(), _free_port()
     # Every port Ray would otherwise take at a fixed default is chosen free: the test session's own
@@ -66,14 +71,13 @@ def ray_start_cluster():
         _wait_for_dashboard(f"http://127.0.0.1:{dash}", head)
         yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops its own processes
-        try:
-            # Its graceful stop took 33 s and then ran into a 60 s wait (CI's --durations): after 15 s
-            # the whole process group is killed, which stops this cluster just the same.
-            head.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+        # Killed outright: its graceful stop (SIGTERM) took 33 s and then ran into a 60 s wait.
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+        if before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(before)
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180) -> None:

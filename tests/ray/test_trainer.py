@@ -162,6 +162,14 @@ def test_second_round_reuses_the_worker_group(round0, round1, generators) -> Non
     assert ray.get([g.version.remote() for g in generators]) == [2, 2]
 
 
+def test_the_group_starts_no_placement_group_cleaner(round0) -> None:
+    """Ray Train's cleaner polls the State API; with a stale address file each query blocked and
+    every run's end waited 12 s for it (RunTrainer). The controller is there, the cleaner is not."""
+    classes = [a["ActorClassName"] for a in ray._private.state.actors().values()]
+    assert "TrainController" in classes
+    assert "PlacementGroupCleaner" not in classes
+
+
 def test_checkpoint_loads_with_transformers(round1, cfg) -> None:
     ckpt = Path(cfg.run.out) / "checkpoints" / "r001"
     assert list(ckpt.glob("*.safetensors")) and not list(ckpt.glob("*.bin"))
