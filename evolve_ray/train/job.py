@@ -115,24 +115,31 @@ class TrainCoordinator:
 
 
 class RunTrainer(TorchTrainer):
-    """`TorchTrainer` without Ray Train's placement-group cleaner.
+    """`TorchTrainer` without two of Ray Train's default callbacks this trainer has no use for.
 
-    The cleaner is a detached actor that asks the State API every second whether the controller
-    is alive. The State API is served by the dashboard, which the cleaner finds through the
-    machine's latest `ray start` address file when there is one. Without a dashboard it logs a
-    warning every second; with a stale address file each query blocks for up to 40 s, and at the
-    end of every run the controller waited 12 s for the cleaner to stop. Nothing is lost without it: the worker group's
-    placement group belongs to the run's job, which Ray removes when the driver ends, and a
-    controller that dies fails `fit()`, so the run stops with a TrainerError (docs/platform.md).
+    The datasets callback starts a dataset-manager actor and hands every worker Ray Data's
+    context before the worker group counts as started; no Ray Dataset is passed here (the pairs
+    come in each round's job), and without it the group was ready 1.5 s sooner (17.2 s against
+    18.7 s, mean of 4 starts each on an idle 2-core machine).
+
+    The placement-group cleaner is a detached actor that asks the State API every second whether the
+    controller is alive. The State API is served by the dashboard, which the cleaner finds through
+    the machine's latest `ray start` address file when there is one. Without a dashboard it logs a
+    warning every second; with a stale address file each query blocks for up to 40 s, and at the end
+    of every run the controller waited 12 s for the cleaner to stop. Nothing is lost without it: the
+    worker group's placement group belongs to the run's job, which Ray removes when the driver ends,
+    and a controller that dies fails `fit()`, so the run stops with a TrainerError
+    (docs/platform.md).
     """
 
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()  # type: ignore[misc]  # v2's TorchTrainer has it
-        try:  # Ray Train v2's callback (private); another layout keeps the stock callbacks
+        try:  # Ray Train v2's callbacks (private); another layout keeps the stock callbacks
+            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
             from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
         except ImportError:
             return callbacks
-        return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+        return [c for c in callbacks if not isinstance(c, (DatasetsCallback, PlacementGroupCleanerCallback))]
 
 
 class TrainerGroup:

@@ -162,12 +162,14 @@ def test_second_round_reuses_the_worker_group(round0, round1, generators) -> Non
     assert ray.get([g.version.remote() for g in generators]) == [2, 2]
 
 
-def test_the_group_starts_no_placement_group_cleaner(round0) -> None:
+def test_the_group_starts_no_placement_group_cleaner_and_no_dataset_manager(round0) -> None:
     """Ray Train's cleaner polls the State API; with a stale address file each query blocked and
-    every run's end waited 12 s for it (RunTrainer). The controller is there, the cleaner is not."""
+    every run's end waited 12 s for it. The dataset manager serves datasets this trainer never
+    passes (RunTrainer). The controller is there, neither of the two is."""
     classes = [a["ActorClassName"] for a in ray._private.state.actors().values()]
     assert "TrainController" in classes
     assert "PlacementGroupCleaner" not in classes
+    assert "DatasetManager" not in classes
 
 
 def test_checkpoint_loads_with_transformers(round1, cfg) -> None:
