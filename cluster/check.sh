@@ -7,6 +7,6 @@ venv=${EVOLVE_RAY_VENV:-.venv}
 "$venv/bin/ruff" check evolve_ray tests jobs
 "$venv/bin/ruff" format --check evolve_ray tests jobs
 "$venv/bin/mypy"  # files and settings: pyproject.toml [tool.mypy]
-# Two pytest-xdist workers: the Ray tests in one (their xdist group, tests/ray/conftest.py), the
-# pure tests spread over both. EVOLVE_RAY_TEST_WORKERS=0 runs everything in this process.
-"$venv/bin/python" -m pytest -n "${EVOLVE_RAY_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# Two pytest-xdist workers, each with its own session Ray cluster; a module's tests stay in one
+# worker (loadscope), so a module's shared run is made once. EVOLVE_RAY_TEST_WORKERS=0: one process.
+"$venv/bin/python" -m pytest -n "${EVOLVE_RAY_TEST_WORKERS:-2}" --dist loadscope "$@"

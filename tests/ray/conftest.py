@@ -1,4 +1,5 @@
-"""One real local Ray cluster for the whole test session (Ray core has no local mode)."""
+"""One real local Ray cluster for the whole test session, one per pytest-xdist worker (Ray core has
+no local mode)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.ray)
-            # Under pytest-xdist (cluster/check.sh: -n 2 --dist loadgroup) every Ray test stays in one
-            # worker, one after another on the one session cluster, while the other worker takes the
-            # pure tests: two Ray lanes at once were only 8% faster on 2 cores (README, Tests).
-            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -13,5 +13,6 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert f"    {ci}  " in readme, ci  # the command as the README's Tests section shows it
     check = (ROOT / "cluster" / "check.sh").read_text()
     assert ci.endswith("bash cluster/check.sh")
-    for step in ('ruff" check', 'ruff" format --check', 'mypy"', "-m pytest"):
+    # --dist loadscope: a module's tests share its module fixtures (one run each) in one xdist worker.
+    for step in ('ruff" check', 'ruff" format --check', 'mypy"', "-m pytest", "--dist loadscope"):
         assert step in check, step
