@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ray._common.utils import get_ray_address_file
+
+from .address_file import address_file_kept
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,9 +33,12 @@ def ray_start_cluster():
     """`ray start --head --block` in its own process group, shared by the module's tests. Killing
     that group stops this cluster only: `ray stop` would kill every Ray process on the machine, the
     session's cluster included. `ray start` records its address in the machine's address file,
-    which only `ray stop` resets: the file is put back as it was."""
-    address_file = Path(get_ray_address_file(None))
-    before = address_file.read_text() if address_file.exists() else None
+    which only `ray stop` resets: the file is put back as it was (address_file_kept)."""
+    with address_file_kept():
+        yield from _ray_start_head()
+
+
+def _ray_start_head() -> Iterator[tuple[dict[str, str], str, str]]:
     env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     gcs, dash = _free_port(), _free_port()
     # Every port Ray would otherwise take at a fixed default is chosen free: the test session's own
@@ -74,10 +79,6 @@ def ray_start_cluster():
         # Killed outright: its graceful stop (SIGTERM) took 33 s and then ran into a 60 s wait.
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
-        if before is None:
-            address_file.unlink(missing_ok=True)
-        else:
-            address_file.write_text(before)
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from .address_file import address_file_kept
 from .cli_process import Driver, cli_env
 
 PROMPTS, TURNS = 16, 2
@@ -99,15 +100,9 @@ def main(out: str, policy: str, reward: str) -> None:
 
 @pytest.fixture
 def keep_ray_current_cluster():
-    """cluster_utils records its head in /tmp/ray/ray_current_cluster, where a plain `ray.init()`
-    of anyone on this machine would find it: put back what was there."""
-    path = Path("/tmp/ray/ray_current_cluster")
-    saved = path.read_bytes() if path.exists() else None
-    yield
-    if saved is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_bytes(saved)
+    """cluster_utils records its head in the machine's address file: put back what was there."""
+    with address_file_kept():
+        yield
 
 
 def test_generators_move_off_a_removed_node(tiny_models, tmp_path: Path, keep_ray_current_cluster) -> None:
