@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from evolve_ray import console
@@ -347,5 +350,30 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(lambda: args.fn(args))
 
 
+def entry() -> None:
+    """The `evolve-ray` command: main, then a quick exit."""
+    exit_quickly(main())
+
+
+def exit_quickly(rc: int) -> None:
+    """End the process without Python's teardown of the modules a run imported (torch, vLLM,
+    Ray Train): 1.4-1.8 s after every run otherwise. Ray's cluster is stopped here, without the
+    0.5 s pause of Ray's own exit hook, then the exit hooks run and the streams are flushed. With
+    a non-daemon thread still running, the process exits the usual way (which waits for it)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(rc)
+    atexit._run_exitfuncs()  # logging's flush and close, and any other library's hook
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to say
+            pass
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

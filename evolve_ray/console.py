@@ -14,6 +14,7 @@ own printer too. No ray import at module level (the pure layers import this modu
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -28,6 +29,7 @@ _HANDLER = "evolve_ray_run_log"  # our name in Ray's stream dispatcher
 # An actor's own warnings (Python's default format in a worker: "WARNING:evolve_ray.x:...") still
 # need the user's eye in quiet mode.
 _ACTOR_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL):evolve_ray[\w.]*:(.*)$")
+_AUTOSCALER_EVENT = ":event_summary:"  # Ray's token before an autoscaler event in the monitor's log
 
 _verbose = True  # until an entry point calls setup()
 _quiet_console: logging.Handler | None = None
@@ -79,9 +81,13 @@ class _ActorLines:
         self.path, self.verbose, self.writable = path, verbose, True
 
     def __call__(self, data: dict[str, Any]) -> None:
-        who = data.get("actor_name") or data.get("task_name") or "worker"
-        prefix = f"({who} pid={data.get('pid')})"
-        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":
+            prefix, lines = "(autoscaler)", list(_autoscaler_events(data.get("lines", [])))
+        else:
+            who = data.get("actor_name") or data.get("task_name") or "worker"
+            prefix, lines = f"({who} pid={data.get('pid')})", data.get("lines", [])
+        if not lines:
+            return
         if self.writable:
             try:
                 with open(self.path, "a", encoding="utf-8", errors="replace") as f:
@@ -93,6 +99,21 @@ class _ActorLines:
                 m = _ACTOR_WARNING.match(line)
                 if m:
                     print(f"{m.group(1)} {prefix} {m.group(2)}", file=sys.stderr)
+
+
+def _autoscaler_events(lines: list[str]) -> Iterator[str]:
+    """The autoscaler's events among its forwarded log lines, as Ray's own printer keeps them: its
+    status block, every 5 s, would otherwise make up most of run.log."""
+    for line in lines:
+        if _AUTOSCALER_EVENT in line:
+            yield line.split(_AUTOSCALER_EVENT, 1)[1]
+        elif line.startswith("{"):  # autoscaler v2 forwards its events as JSON records
+            try:
+                message = json.loads(line).get("message")
+            except (ValueError, AttributeError):
+                continue
+            if message:
+                yield str(message)
 
 
 class _RunLogHandler(logging.FileHandler):

@@ -7,6 +7,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the submitted copy of the package
 
-from evolve_ray.cli import job_main  # noqa: E402
+from evolve_ray.cli import exit_quickly, job_main  # noqa: E402
 
-sys.exit(job_main())
+exit_quickly(job_main())

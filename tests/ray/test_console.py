@@ -46,6 +46,8 @@ def test_demo_console_is_short_ends_with_the_table_and_status_follows_it(tmp_pat
     try:
         live = _wait_for_running(run, d, timeout=600)
         assert d.wait(timeout=900) == 0, d.output()[-3000:]
+        # The quick exit (cli.exit_quickly) stopped the driver's cluster before it left.
+        assert d.wait_for_exit(("raylet", "gcs_server"), timeout=15) == []
     finally:
         d.cleanup()
     assert "state: running (pid" in live and ", stage " in live, live
@@ -79,6 +81,7 @@ def test_demo_console_is_short_ends_with_the_table_and_status_follows_it(tmp_pat
     log = (run / "run.log").read_text()
     assert "Reporting training result" in log and "(GeneratorActor pid=" in log  # kept, just not on the console
     assert "RotaryEmbedding: Failed to load weights" not in log  # filtered at the source (vllm_engine.py)
+    assert "Autoscaler status" not in log  # its status block every 5 s (console._autoscaler_events)
     # the start-up split of a process's first run, imports included (evolve_ray/timeline.py)
     assert re.search(r"time outside the rounds: imports [\d.]+ s, cluster [\d.]+ s, actors [\d.]+ s", log)
 

@@ -69,6 +69,28 @@ def test_actor_lines_go_to_the_file_and_only_project_warnings_to_the_console(tmp
     assert capsys.readouterr().err == ""
 
 
+def test_autoscaler_status_stays_out_of_the_run_log_and_its_events_go_in(tmp_path: Path) -> None:
+    """Ray forwards the autoscaler's log with pid "autoscaler": a status block every 5 s (most of a
+    demo's run.log before) and, rarely, an event. Only the events are kept, as Ray's printer does."""
+    status = [
+        "2026-12-03 06:56:32,366\tINFO autoscaler.py:408 -- ",
+        "======== Autoscaler status: 2026-12-03 06:56:32.366570 ========",
+        "Node status",
+        " 0.75/2.0 CPU (0.75 used of 0.75 reserved in placement groups)",
+    ]
+    event = "2026-12-03 06:57:00,001\tINFO autoscaler.py:500 -- :event_summary:Adding 1 node(s) of type worker."
+    v2_event = json.dumps({"message": "Resized to 2 CPUs.", "severity": "INFO"})
+    log = tmp_path / "run.log"
+    lines = console._ActorLines(log, False)
+    lines({"pid": "autoscaler", "lines": status})
+    assert not log.exists()  # nothing to write: no empty batch either
+    lines({"pid": "autoscaler", "lines": [*status, event, v2_event, "{not json"]})
+    assert log.read_text().splitlines() == [
+        "(autoscaler) Adding 1 node(s) of type worker.",
+        "(autoscaler) Resized to 2 CPUs.",
+    ]
+
+
 def test_quiet_filter_keeps_project_info_and_everyone_s_warnings() -> None:
     f = console._QuietFilter()
 
