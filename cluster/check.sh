@@ -8,6 +8,5 @@ venv=${EVOLVE_RAY_VENV:-.venv}
 "$venv/bin/ruff" format --check evolve_ray tests jobs
 "$venv/bin/mypy"  # files and settings: pyproject.toml [tool.mypy]
 # Two pytest-xdist workers, each with its own session Ray cluster; a module's tests stay in one
-# worker (loadscope), so a module's shared run is made once. Modules are handed out in collection
-# order, the longest first (tests/conftest.py). EVOLVE_RAY_TEST_WORKERS=0: one process.
-"$venv/bin/python" -m pytest -n "${EVOLVE_RAY_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder "$@"
+# worker (loadscope), so a module's shared run is made once. EVOLVE_RAY_TEST_WORKERS=0: one process.
+"$venv/bin/python" -m pytest -n "${EVOLVE_RAY_TEST_WORKERS:-2}" --dist loadscope "$@"
