@@ -41,6 +41,15 @@ def _at_least(lo: int):
     return parse
 
 
+def _smoke_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the config at toy size on this machine: sizes, counts and devices shrunk, tiny stand-in models and "
+        "data written under RUN/smoke, every other setting as configured",
+    )
+
+
 def _verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verbose",
@@ -51,8 +60,13 @@ def _verbose_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_print_config(args: argparse.Namespace) -> int:
     from evolve_ray.config import dump_yaml, load_config
+    from evolve_ray.memory_plan import check_plan, format_plan, plan_for
 
-    print(dump_yaml(load_config(args.config, args.sets)), end="")
+    cfg = load_config(args.config, args.sets)
+    print(dump_yaml(cfg), end="")
+    plan = plan_for(cfg)  # no cluster here: its CPU and GPU totals are shown as asked only
+    print("".join(f"# {line}\n" for line in format_plan(plan).splitlines()), end="")  # comments: still YAML
+    check_plan(plan)  # a role that cannot fit: one line, exit 2
     return 0
 
 
@@ -65,18 +79,44 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace, sets: list[str]):
+    """The resolved config of `run`/`sft`: --config, --set, --out; with --smoke, shrunk (smoke.py)."""
     from evolve_ray.config import load_config
-    from evolve_ray.loop import resume_run, run
+
+    sets = list(sets) + ([f"run.out={args.out}"] if args.out else [])
+    cfg = load_config(args.config, sets)
+    if not args.smoke:
+        return cfg
+    from evolve_ray.smoke import smoke_config
+
+    return smoke_config(cfg, Path(cfg.run.out) / "smoke")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evolve_ray.pipeline import resume_run, run
     from evolve_ray.report import closing_text
 
     if args.resume:
         if args.out:
             raise UserError("--out cannot be used with --resume: a resumed run stays in its directory (RUN)")
+        if args.smoke:
+            raise UserError("--smoke cannot be used with --resume: a resumed run keeps its stored settings")
         print(closing_text(resume_run(Path(args.resume), config=args.config, sets=args.sets)))
         return 0
-    sets = list(args.sets) + ([f"run.out={args.out}"] if args.out else [])
-    print(closing_text(run(load_config(args.config, sets))))
+    print(closing_text(run(_run_config(args, args.sets))))
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from evolve_ray.pipeline import run_sft, stage1_checkpoint
+    from evolve_ray.report import closing_text
+
+    cfg = _run_config(args, list(args.sets) + ([f"sft.data={args.data}"] if args.data else []))
+    sft_dir = run_sft(cfg)
+    print(closing_text(sft_dir))
+    again = " ".join(["evolve-ray run", *([f"--config {args.config}"] if args.config else []), "--out", cfg.run.out])
+    print(f"Stage 1 checkpoint: {stage1_checkpoint(sft_dir.parent)}")
+    print(f"Stage 2 (the EVOLVE rounds from it): {again} (with the same settings; it reuses this Stage 1)")
     return 0
 
 
@@ -192,7 +232,7 @@ def job_main(argv: list[str] | None = None) -> int:
         import ray
 
         from evolve_ray.config import load_config
-        from evolve_ray.loop import resume_run, run
+        from evolve_ray.pipeline import resume_run, run
         from evolve_ray.report import closing_text
         from evolve_ray.resume_settings import plan_resume
 
@@ -276,8 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run from its last completed stage; --set/--config may change run.rounds, generators, "
         "scorers, evaluation, logging and cluster settings; other changes are refused",
     )
+    _smoke_arg(p)
     _verbose_arg(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser(
+        "sft", help="Stage 1: self-refinement-aware SFT on a preference file (into RUN/sft), evaluated per turn"
+    )
+    _config_args(p)
+    p.add_argument("--data", help="preference file or hub dataset id (overrides sft.data)")
+    p.add_argument("--out", help="run directory (overrides run.out); Stage 1 goes in OUT/sft")
+    _smoke_arg(p)
+    _verbose_arg(p)
+    p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("demo", help="the built-in tiny demo on a local Ray cluster")
     _config_args(p)

@@ -71,7 +71,11 @@ class ModelConfig:
     )
     reward: str = _f("", "Reward model (sequence classification): path or hub id. Empty: the built-in learned one.")
     tokenizer: str = _f("", "Tokenizer path or hub id; empty means the policy's own.")
-    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype for training and inference.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32",
+        "Inference dtype: the engines' weights, and the dtype checkpoints and weight pushes are written in. "
+        "Training always keeps float32 master weights and optimizer state (training.bf16 sets its compute dtype).",
+    )
     max_model_len: int = _f(512, "Context length given to the engines (prompt + response tokens).", min=16)
     trust_remote_code: bool = _f(False, "Allow model repositories to run their own code. Off unless you trust them.")
 
@@ -175,10 +179,34 @@ class TrainingConfig:
     num_workers: int = _f(2, "Ray Train workers (data-parallel ranks).", min=1)
     cpus_per_worker: float = _f(0.5, "Logical CPUs per train worker.", min=0)
     use_gpu: bool = _f(False, "Train on GPUs.")
-    strategy: Literal["ddp", "fsdp"] = _f("ddp", "Data parallel: DDP (gloo on CPU) or FSDP2 (GPU).")
-    bf16: bool = _f(False, "bf16 autocast/mixed precision (GPU).")
+    strategy: Literal["ddp", "fsdp"] = _f(
+        "ddp", "Data parallel: DDP or FSDP2 fully_shard (NCCL on GPUs, gloo on CPU, where FSDP is for smoke runs)."
+    )
+    bf16: bool = _f(
+        False,
+        "bf16 compute over float32 master weights and optimizer state (FSDP2 MixedPrecisionPolicy; autocast "
+        "under DDP), whatever dtype the checkpoint is stored in.",
+    )
     activation_checkpointing: bool = _f(False, "Recompute activations in backward (GPU memory saver).")
     max_failures: int = _f(1, "Ray Train FailureConfig: worker-group restarts allowed.", min=0)
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    """Stage 1: self-refinement-aware SFT on an offline preference set (docs/method.md)."""
+
+    data: str = _f(
+        "",
+        "Preference file (json/jsonl/parquet/csv/tsv) or hub dataset id: rows of prompt/chosen/rejected as strings "
+        "or message lists (UltraFeedback-binarized, TRL's DPO format). Set: `evolve-ray sft` trains on it, and "
+        "`evolve-ray run` runs Stage 1 before its rounds. Empty: no Stage 1.",
+    )
+    eval_prompts: int = _f(
+        64, "Prompts of the preference set held out (never trained on) and evaluated per turn before and after.", min=0
+    )
+    max_pairs: int = _f(0, "Train on at most this many pairs (0: all of them).", min=0)
+    epochs: int = _f(1, "Passes over the pairs.", min=1)
+    lr: float = _f(1e-5, "Peak learning rate of Stage 1 (the schedule, batch and workers are training.*'s).", gt=0)
 
 
 @dataclass(frozen=True)
@@ -200,6 +228,12 @@ class ClusterConfig:
     num_cpus: int = _f(0, "Logical CPUs of a local cluster (0: detect).", min=0)
     dashboard_host: str = _f("127.0.0.1", "Dashboard bind address of a local cluster.")
     include_dashboard: bool = _f(True, "Start the dashboard with a local cluster.")
+    gpu_memory_gib: float = _f(
+        0.0,
+        "Memory of one GPU, for the memory plan (print-config, and a refusal at start when a role cannot fit); "
+        "0: read from the driver's GPU when it has one, else the plan shows needs only.",
+        min=0,
+    )
     placement_timeout_s: float = _f(
         600.0, "Seconds to wait for the cluster to place the generators' and scorers' resources.", min=1
     )
@@ -234,6 +268,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -387,6 +422,12 @@ def validate(cfg: Config) -> Config:
             "it makes no pairs): collect with parallel_chain (the same chains) and evaluate vote with "
             "run.eval_strategies or `evolve-ray eval --strategy vote`"
         )
+    if not cfg.sft.data:  # Stage-1 settings without Stage 1 would be silently ignored
+        for f in dataclasses.fields(SftConfig):
+            if f.name != "data" and getattr(cfg.sft, f.name) != f.default:
+                raise ConfigError(
+                    f"sft.{f.name} is set but sft.data is empty (no Stage 1 runs); set sft.data or remove it"
+                )
     if cfg.data.task != "file":  # a file setting under a built-in task would be silently ignored
         for f in dataclasses.fields(DataConfig):
             if f.name in _FILE_ONLY and getattr(cfg.data, f.name) != f.default:
@@ -394,8 +435,6 @@ def validate(cfg: Config) -> Config:
                     f"data.{f.name} is set but data.task={cfg.data.task} does not read files; "
                     f"set data.task=file to use it (or remove data.{f.name})"
                 )
-    if cfg.training.strategy == "fsdp" and not cfg.training.use_gpu:
-        raise ConfigError("training.strategy=fsdp needs training.use_gpu=true; use ddp on CPU")
     for name in cfg.run.eval_strategies:
         if name not in STRATEGIES:
             raise ConfigError(f"run.eval_strategies: unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")

@@ -30,8 +30,9 @@ from evolve_ray.control import start_control
 from evolve_ray.errors import UserError
 from evolve_ray.evaluation import check_strategies, eval_temperature, evaluate_prompts, evaluate_strategies
 from evolve_ray.fleet import Fleet
+from evolve_ray.memory_plan import format_plan
 from evolve_ray.metrics_export import MetricsExporter
-from evolve_ray.preflight import ResolvedModels, check_gpus, resolve_models
+from evolve_ray.preflight import ResolvedModels, check_fits, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
 from evolve_ray.resume_settings import changes_text, plan_resume, record_resume
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
@@ -40,9 +41,11 @@ from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.timeline import Timeline, phases, phases_text
 from evolve_ray.train.job import TrainerGroup
+from evolve_ray.types import PreferencePair
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
+Step = tuple[str, "Callable[[Session, int], dict[str, Any]]"]
 _drives = 0  # runs driven by this process: only the first one's start-up includes the imports
 
 
@@ -110,7 +113,11 @@ class Session:
 
 def train(s: Session, round_: int) -> dict[str, Any]:
     open_round(s, round_)  # a resumed run enters here with a fresh buffer
-    pairs = ray.get(s.buffer.pairs.remote())
+    return train_on(s, round_, ray.get(s.buffer.pairs.remote()))
+
+
+def train_on(s: Session, round_: int, pairs: list[PreferencePair]) -> dict[str, Any]:
+    """Train the round on `pairs`, checkpoint, push; the fleet then serves the new version."""
     if not pairs:
         log.warning("round %d produced no pairs: skipping training (the policy stays as it is)", round_)
         return {"train/skipped": 1.0, "policy/version": float(_served_version(s))}
@@ -167,17 +174,20 @@ def _evaluate(s: Session, round_: int) -> dict[str, Any]:
 # The loop
 
 
-def run(cfg: Config) -> Path:
-    """Start a new run in cfg.run.out (refused if a run is already there: use resume_run)."""
+def run(cfg: Config, *, policy: str | None = None) -> Path:
+    """Start a new run in cfg.run.out (refused if a run is already there: use resume_run).
+    `policy`: the starting policy instead of model.policy (Stage 2 after a Stage 1)."""
     run_dir = Path(cfg.run.out).resolve()
     if (run_dir / "state.json").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {cfg.run.out} or pick another --out")
     check_writable(run_dir)
     atomic_write(run_dir / "config.yaml", dump_yaml(cfg).encode())
-    return _drive(cfg, run_dir, {"last": None})
+    return drive(cfg, run_dir, {"last": None}, policy=policy)
 
 
-def resume_run(run_dir: Path, *, config: str | Path | None = None, sets: Sequence[str] = ()) -> Path:
+def resume_run(
+    run_dir: Path, *, config: str | Path | None = None, sets: Sequence[str] = (), policy: str | None = None
+) -> Path:
     """Continue the run in `run_dir` from its last completed stage, with the settings a resume may
     change (resume_settings) taken from `config` and `sets`; any other change is refused before
     any actor starts. The new settings go to RUN/config.yaml, the changes to RUN/resumes.jsonl."""
@@ -185,10 +195,26 @@ def resume_run(run_dir: Path, *, config: str | Path | None = None, sets: Sequenc
     notes = [f"resuming {plan.run_dir} after {plan.state.get('last')}"]
     if record_resume(plan):
         notes.append(f"settings changed on resume: {changes_text(plan.changes)}")
-    return _drive(plan.cfg, plan.run_dir, plan.state, notes)
+    return drive(plan.cfg, plan.run_dir, plan.state, notes, policy=policy)
 
 
-def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[str] = ()) -> Path:
+def drive(
+    cfg: Config,
+    run_dir: Path,
+    state: dict[str, Any],
+    notes: Sequence[str] = (),
+    *,
+    task: Any = None,
+    steps: Sequence[Step] | None = None,
+    policy: str | None = None,
+) -> Path:
+    """Run (or continue from `state`) the rounds of `cfg` in `run_dir`.
+
+    Args:
+        task: the prompts' source (default: make_task(cfg.data)).
+        steps: the round's named stages (default: collect, train, evaluate).
+        policy: the starting policy instead of model.policy (Stage 2 after a Stage 1).
+    """
     status = StatusWriter(run_dir, rounds=cfg.run.rounds)
     global _drives
     _drives += 1
@@ -198,7 +224,7 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[st
         with run_log(run_dir):
             for line in notes:
                 log.info(line)
-            _drive_logged(cfg, run_dir, state, status, timeline)
+            _drive_logged(cfg, run_dir, state, status, timeline, task, steps, policy)
     except BaseException as e:
         status.close("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", f"{type(e).__name__}: {e}")
         raise
@@ -206,9 +232,20 @@ def _drive(cfg: Config, run_dir: Path, state: dict[str, Any], notes: Sequence[st
     return run_dir
 
 
-def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: StatusWriter, timeline: Timeline) -> None:
-    models = resolve_models(cfg, run_dir)  # validates every path before any actor starts
-    task = make_task(cfg.data)
+def _drive_logged(
+    cfg: Config,
+    run_dir: Path,
+    state: dict[str, Any],
+    status: StatusWriter,
+    timeline: Timeline,
+    task: Any,
+    steps: Sequence[Step] | None,
+    policy: str | None,
+) -> None:
+    # Every path is checked before any actor starts; Stage 2 after a Stage 1 starts from (and, with
+    # reference=fixed, against) Stage 1's checkpoint instead of model.policy.
+    models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir)
+    task = make_task(cfg.data) if task is None else task
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
     check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
@@ -216,17 +253,15 @@ def _drive_logged(cfg: Config, run_dir: Path, state: dict[str, Any], status: Sta
     timeline.mark("cluster")
     route_actor_output(run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
+    plan = check_fits(cfg, models.policy, models.reward, ray.cluster_resources())  # CPUs, GPUs, memory per GPU
+    atomic_write(run_dir / "memory_plan.txt", (format_plan(plan) + "\n").encode())
     s = _start_session(cfg, run_dir, models, task, state, timeline)
     status.update(
         state="running",
         policy_version=_trained_rounds(state),
         generators=_fleet_names(s),
     )
-    steps: list[tuple[str, Callable[[Session, int], dict[str, Any]]]] = [
-        ("collect", collect),
-        ("train", train),
-        ("evaluate", evaluate),
-    ]
+    steps = steps or [("collect", collect), ("train", train), ("evaluate", evaluate)]
     try:
         if s.state.get("last") is None:
             status.update(round=START, stage="evaluate")

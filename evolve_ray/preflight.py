@@ -8,10 +8,12 @@ labels, shipped with the package (built into the run directory if missing). No r
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from evolve_ray.config import Config, ConfigError
+from evolve_ray.memory_plan import Plan, check_plan, plan_for
 from evolve_ray.models.loading import check_model_path, load_tokenizer
 from evolve_ray.warmstart import warm_start_dir
 
@@ -72,3 +74,19 @@ def check_gpus(cfg: Config, cluster_gpus: float, *, training: bool = True) -> No
     if total > cluster_gpus + 1e-9:
         parts = ", ".join(f"{k} = {v:g}" for k, v in asked.items() if v)
         raise ConfigError(f"the run asks for {total:g} GPUs ({parts}) but the cluster has {cluster_gpus:g}")
+
+
+def check_fits(cfg: Config, policy: str, reward: str, cluster_resources: Mapping[str, float]) -> Plan:
+    """Refuse, in one line, a run whose roles cannot fit: the CPUs or GPUs all roles reserve
+    against the cluster's, and each role's memory per GPU against a GPU's (evolve_ray.memory_plan).
+
+    Args:
+        policy, reward: the resolved model paths (`resolve_models`).
+        cluster_resources: ray.cluster_resources().
+
+    Returns:
+        The plan (the driver writes it to RUN/memory_plan.txt).
+    """
+    plan = plan_for(cfg, cluster=cluster_resources, policy_path=policy, reward_path=reward)
+    check_plan(plan)
+    return plan

@@ -102,10 +102,10 @@ def _read_json_array(data: bytes, source: str) -> list[tuple[int, Any]]:
     ]
 
 
-def _load_with_datasets(source: str, **kwargs: Any) -> list[tuple[int, Any]]:
+def _load_with_datasets(source: str, split: str = "train", **kwargs: Any) -> list[tuple[int, Any]]:
     import datasets  # lazy: a second of import time that arith runs never need
 
-    ds = datasets.load_dataset(source, split="train", **kwargs)
+    ds = datasets.load_dataset(source, split=split, **kwargs)
     return [(n, row) for n, row in enumerate(ds, 1)]
 
 
@@ -113,7 +113,8 @@ def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
     """The raw rows of `path` and the unit their numbers count ('line' for jsonl, else 'row').
 
     `path` is a local .json/.jsonl/.parquet/.csv/.tsv file, or else a hub dataset id, optionally
-    "owner/name:config"; a hub dataset's 'train' split is read.
+    "owner/name:config" and "@split" ("HuggingFaceH4/ultrafeedback_binarized@train_prefs"); the
+    'train' split is read unless a split is named.
     """
     p = Path(path).expanduser()
     if p.is_dir():
@@ -137,9 +138,10 @@ def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
         return _read_jsonl(data), "line"  # a .json file of one object per line reads as jsonl
     if p.suffix in SUFFIXES or path.startswith((".", "/", "~")):
         raise UserError(f"data file not found: {path}")
-    name, _, config = path.partition(":")
+    dataset, _, split = path.partition("@")
+    name, _, config = dataset.partition(":")
     try:
-        return _load_with_datasets(name, name=config or None), "row"
+        return _load_with_datasets(name, split=split or "train", name=config or None), "row"
     except Exception as e:  # offline, unknown id, missing config...: all mean "cannot use this"
         raise UserError(
             f"data.path {path}: no such local file, and loading it as a hub dataset failed: "

@@ -14,6 +14,7 @@ SHELL = (
     "evolve_ray.train.worker",
     "evolve_ray.train.job",
     "evolve_ray.loop",
+    "evolve_ray.pipeline",
     "evolve_ray.cli",
     "evolve_ray.evaluation",
     "evolve_ray.fleet",
