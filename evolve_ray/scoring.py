@@ -11,11 +11,16 @@ without them.
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from typing import TYPE_CHECKING, Protocol
 
 from evolve_ray.config import Config
 from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
+
+if TYPE_CHECKING:  # torch and transformers load with the reward-model scorer only
+    from torch import Tensor
+    from transformers import PreTrainedModel
 
 
 class Scorer(Protocol):
@@ -26,6 +31,47 @@ def conversation_ids(tokenizer, question: str, answer: str) -> list[int]:
     msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     out = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+
+def last_token_logits(model: PreTrainedModel, ids: list[list[int]], pad_id: int) -> Tensor:
+    """The reward model's logits read at each conversation's true last token, as vLLM pools them.
+
+    HF's *ForSequenceClassification reads the "last token that is not the pad id": when pad is EOS
+    (Llama-3, Skywork RMs) and the chat template ends in EOS, that skips the trailing EOS and reads
+    the token before it, even for an unpadded conversation. Given `inputs_embeds` instead of ids,
+    HF has no ids to search and reads the last position, which left padding makes every row's last
+    token; position ids counted from the mask keep each row's positions as if it were unpadded.
+    Only the model's own input embeddings and forward are used, so any decoder architecture works
+    (an encoder that pools its first token, like BERT's CLS, would want right padding instead).
+
+    Args:
+        model: a one-label sequence-classification model.
+        ids: B token-id rows of any lengths.
+        pad_id: filler id for the padding (masked out, so its value does not matter).
+
+    Returns:
+        [B, num_labels] logits.
+    """
+    from evolve_ray.core.logprobs import pad_rows
+
+    input_ids, mask = pad_rows(ids, pad_id, left=True)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    embeds = model.get_input_embeddings()(input_ids.to(model.device))
+    return model(
+        inputs_embeds=embeds, attention_mask=mask.to(model.device), position_ids=positions.to(model.device)
+    ).logits
+
+
+class _EmbedsPoolingFilter(logging.Filter):
+    """Drops HF's warning that a classifier fed `inputs_embeds` "will not detect padding tokens":
+    last_token_logits feeds embeddings so that no pad id is searched for, and left-pads so that
+    the last position is every row's true last token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will not detect padding tokens in `inputs_embeds`" not in record.getMessage()
+
+
+_EMBEDS_FILTER = _EmbedsPoolingFilter()
 
 
 class RewardModelScorer:
@@ -54,6 +100,13 @@ class RewardModelScorer:
             self.model = load_reward(
                 model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code
             ).eval()
+            text_config = self.model.config.get_text_config()
+            if text_config.pad_token_id is None:
+                # HF refuses batches of more than one without a pad id in the config, although
+                # last_token_logits never searches for it; the tokenizer's (pad, else EOS) will do.
+                text_config.pad_token_id = self.tokenizer.pad_token_id
+            # The warning comes from the module that defines the classifier's forward (any architecture).
+            logging.getLogger(type(self.model).forward.__module__).addFilter(_EMBEDS_FILTER)
 
     def raw_scores(self, ids: list[list[int]]) -> list[float]:
         if self.backend == "vllm":
@@ -63,12 +116,8 @@ class RewardModelScorer:
     def _forward(self, ids: list[list[int]]) -> list[float]:
         import torch
 
-        from evolve_ray.core.logprobs import pad_rows
-
-        input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id)  # right: the model reads the last non-pad
         with torch.no_grad():
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
-        return logits[:, 0].float().tolist()
+            return last_token_logits(self.model, ids, self.tokenizer.pad_token_id)[:, 0].float().tolist()
 
     def score(self, batch: list[tuple[Candidate, Prompt]]) -> list[Score]:
         limit = self.cfg.model.max_model_len

