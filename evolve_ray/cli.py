@@ -71,9 +71,16 @@ def cmd_print_config(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> int:
-    from evolve_ray.models.tiny import TinySpec, build_tiny
+    import dataclasses
 
-    paths = build_tiny(args.out, TinySpec(family=args.family, seed=args.seed))
+    from evolve_ray.models.tiny import CHAT_SPEC, TinySpec, build_tiny, build_tiny_chat
+
+    if args.style == "llama3":
+        if args.family != "llama":
+            raise UserError("--style llama3 builds Llama models; drop --family or use --family llama")
+        paths = build_tiny_chat(args.out, dataclasses.replace(CHAT_SPEC, seed=args.seed))
+    else:
+        paths = build_tiny(args.out, TinySpec(family=args.family, seed=args.seed))
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0
@@ -304,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-tiny", help="build a tiny tokenizer, policy and reward model (no hub)")
     p.add_argument("out")
     p.add_argument("--family", choices=["llama", "qwen2"], default="llama")
+    p.add_argument(
+        "--style",
+        choices=["byte", "llama3"],
+        default="byte",
+        help="byte: the demo's fp32 byte-level models; llama3: bf16, a Llama-3 chat template, pad == EOS",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_build_tiny)
 

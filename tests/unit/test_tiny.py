@@ -106,3 +106,18 @@ def test_chat_models_round_trip_through_the_loaders(chat_models) -> None:
     with torch.no_grad():
         assert policy(ids).logits.shape == (1, ids.shape[1], policy.config.vocab_size)
         assert torch.isfinite(reward(ids).logits).all()
+
+
+def test_build_tiny_command_writes_llama3_style_models(tmp_path) -> None:
+    """`evolve-ray build-tiny --style llama3`: bf16 weights, pad == EOS; a Qwen2 family is refused."""
+    from safetensors import safe_open
+
+    from evolve_ray.cli import main
+    from evolve_ray.models.loading import load_tokenizer
+
+    assert main(["build-tiny", str(tmp_path / "m"), "--style", "llama3"]) == 0
+    tok = load_tokenizer(str(tmp_path / "m" / "reward"))
+    assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|eot_id|>")
+    with safe_open(str(tmp_path / "m" / "policy" / "model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+    assert main(["build-tiny", str(tmp_path / "q"), "--style", "llama3", "--family", "qwen2"]) == 2
