@@ -1,7 +1,14 @@
 """Data parallelism for the trainer: DDP (gloo on CPU, NCCL on GPU) or FSDP2 `fully_shard`.
 
-Everything here is collective-aware plain torch (no ray): wrapping, gradient-sync control for
-accumulation, gathering the full state dict, and reducing metrics across ranks.
+Everything here is collective-aware plain torch (no ray): loading the models in the trainer's
+dtypes, wrapping, gradient-sync control for accumulation, gathering the full state dict (and
+casting it to the inference dtype), and reducing metrics across ranks.
+
+Precision: the trainer holds float32 master weights and optimizer state whatever dtype a
+checkpoint is stored in (in bf16, a small AdamW update rounds away: at lr 5e-7 one step moved
+0.5% of the shipped policy's parameters in bf16 against 91.8% in fp32). training.bf16 makes the
+compute bf16 (FSDP2 MixedPrecisionPolicy here, autocast under DDP in train/step.py); checkpoints
+and weight pushes are written in the inference dtype, model.dtype.
 """
 
 from __future__ import annotations
@@ -18,9 +25,33 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
-from evolve_ray.config import TrainingConfig
+from evolve_ray.config import Config, TrainingConfig
+from evolve_ray.models.loading import DTYPES, load_policy
 
 Metrics = dict[str, float]
+
+
+def load_trainable(path: str, cfg: Config) -> PreTrainedModel:
+    """The policy to train, in float32 (the master weights; AdamW keeps its state in their dtype),
+    whatever dtype the checkpoint at `path` is stored in."""
+    return load_policy(path, dtype="float32", trust_remote_code=cfg.model.trust_remote_code)
+
+
+def load_reference(path: str, cfg: Config) -> PreTrainedModel:
+    """The frozen reference model (training.reference=fixed), held in the compute dtype.
+
+    It only runs forwards, in the same compute dtype as the policy. Under training.bf16 every
+    matmul reads bf16 weights anyway (FSDP2 casts the policy's shards to bf16; autocast casts
+    at each matmul), so holding the reference in bf16 halves its memory and loses next to
+    nothing the policy's forward keeps (under FSDP2 nothing: both run on the same bf16 values).
+    In fp32 compute it stays fp32, so that policy and reference give equal log-probs where their
+    weights are equal (a zero margin at the first step, not rounding noise). Not model.dtype: a
+    float16 copy under bf16 compute would round twice, and under fp32 compute it would make the
+    first step's margins bf16/fp16 rounding noise.
+    """
+    dtype = "bfloat16" if cfg.training.bf16 else "float32"
+    model = load_policy(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    return model.requires_grad_(False)
 
 
 def wrap_model(
@@ -56,6 +87,20 @@ def shard_fsdp(model: PreTrainedModel, *, bf16: bool) -> torch.nn.Module:
     return model
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free FSDP2's unsharded parameters after forwards with no backward (a no-op under DDP).
+
+    FSDP2 leaves the root module's parameters unsharded after its forward, for the backward it
+    expects next. After a no_grad forward (frozen log-probs) they stay registered on the module,
+    and the next step's gradients never reach the sharded parameters: without this the optimizer
+    never moved the root's own parameters (embeddings, final norm, LM head) while the blocks
+    trained (seen with torch 2.13 on one gloo rank; tests/unit/test_fsdp_cpu.py catches it).
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a DDP wrapper (FSDP2 shards in place: nothing to unwrap)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
@@ -83,6 +128,14 @@ def full_state_dict(model: torch.nn.Module, cfg: TrainingConfig) -> dict[str, Te
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return cast(dict[str, Tensor], state)
     return {k: v.detach() for k, v in unwrap(model).state_dict().items()}
+
+
+def inference_state(state: dict[str, Tensor], dtype: str) -> dict[str, Tensor]:
+    """The gathered state dict in the inference dtype `dtype` (a model.dtype name), the dtype
+    checkpoints and weight pushes are written in. Integer buffers keep theirs; a tensor already
+    in `dtype` is returned as it is (no copy)."""
+    target = DTYPES[dtype]
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def param_checksum(model: torch.nn.Module) -> float:

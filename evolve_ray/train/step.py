@@ -22,7 +22,7 @@ from evolve_ray.config import TrainingConfig
 from evolve_ray.core.logprobs import sequence_logprobs
 from evolve_ray.core.losses import PairLogps, dp_scaled_loss, dpo_loss, evolve_loss, inpo_loss, ipo_loss, sft_loss
 from evolve_ray.train.batching import Example, StepPlan, collate_term
-from evolve_ray.train.parallel import grad_sync, reduce_metrics, sum_over_ranks, unwrap
+from evolve_ray.train.parallel import grad_sync, reduce_metrics, reshard, sum_over_ranks, unwrap
 
 Metrics = dict[str, float]
 
@@ -44,9 +44,11 @@ def needs_rejected(cfg: TrainingConfig) -> bool:
 
 
 def autocast(cfg: TrainingConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for DDP on GPU; FSDP2 casts through its MixedPrecisionPolicy instead."""
-    if cfg.bf16 and cfg.strategy == "ddp" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 compute under DDP (and in one process), on CUDA and CPU alike: matmuls run in bf16
+    while the parameters, their gradients and the optimizer state stay float32. FSDP2 casts
+    through its MixedPrecisionPolicy instead (train/parallel.py shard_fsdp)."""
+    if cfg.bf16 and cfg.strategy == "ddp":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -105,6 +107,7 @@ def frozen_logps(
         logps = term_logps(model, [examples[i] for i in rows], terms, cfg, pad_id=pad_id, device=device)
         if chunk:
             out[torch.tensor(chunk, device=device)] = logps.float()
+    reshard(model)  # FSDP2: else the root's parameters would miss the next step's gradients
     model.train(was_training)
     return out
 

@@ -9,6 +9,7 @@ round and the Hugging Face checkpoint directory (the weights are not copied twic
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -28,10 +29,18 @@ from transformers import PreTrainedModel
 
 from evolve_ray.config import Config
 from evolve_ray.engines.base import checkpoint_shapes
-from evolve_ray.models.loading import load_policy, load_tokenizer
+from evolve_ray.models.loading import load_tokenizer
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
-from evolve_ray.train.parallel import full_state_dict, param_checksum, unwrap, wrap_model
+from evolve_ray.train.parallel import (
+    full_state_dict,
+    inference_state,
+    load_reference,
+    load_trainable,
+    param_checksum,
+    unwrap,
+    wrap_model,
+)
 from evolve_ray.train.round_job import RoundJob
 from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
 
@@ -86,13 +95,11 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     device = ray.train.torch.get_device()
     last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"], config["run_dir"])
     torch.manual_seed(cfg.training.seed)
-    dtype, trc = cfg.model.dtype, cfg.model.trust_remote_code
-    model = wrap_model(
-        load_policy(policy_path, dtype=dtype, trust_remote_code=trc), cfg.training, device, trainable=True
-    )
+    # float32 masters whatever model.dtype is (train/parallel.py); training.bf16 sets the compute dtype.
+    model = wrap_model(load_trainable(policy_path, cfg), cfg.training, device, trainable=True)
     reference: torch.nn.Module | None = None
     if cfg.training.reference == "fixed" and cfg.training.loss != "sft":
-        reference = load_policy(config["reference_model"], dtype=dtype, trust_remote_code=trc).requires_grad_(False)
+        reference = load_reference(config["reference_model"], cfg)
         reference = wrap_model(reference, cfg.training, device, trainable=False).eval()
     tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -127,9 +134,11 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     history, checksums, facts = optimise(w, examples, job.round, submitted_at=job.submitted_at)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    state = full_state_dict(w.model, tcfg)  # collective under FSDP
+    state = full_state_dict(w.model, tcfg)  # collective under FSDP; the fp32 masters
     sync_s, lost, reached = 0.0, 0, 0
     if w.rank == 0:
+        # Cast once, for the checkpoint and the push alike: both are in the inference dtype.
+        state = inference_state(state, w.cfg.model.dtype)
         save_checkpoint(w, state, job.checkpoint_dir)
         sync_s, lost, reached = push_weights(state, job)
     metrics = (
@@ -229,10 +238,17 @@ def round_metrics(history: list[dict[str, float]], num_examples: int) -> dict[st
 
 
 def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> None:
-    """Hugging Face format (safetensors + tokenizer): loadable by transformers and vLLM."""
+    """Hugging Face format (safetensors + tokenizer): loadable by transformers and vLLM.
+
+    `state` is in the inference dtype (model.dtype); config.json says so too."""
     Path(path).mkdir(parents=True, exist_ok=True)
     model = cast(PreTrainedModel, unwrap(w.model))  # a DDP/FSDP wrapper's Hugging Face model
     model.save_pretrained(path, state_dict=state)
+    # save_pretrained records the dtype of the model's parameters, the float32 masters; rewrite
+    # config.json with the dtype its files hold (a copy: the live model's config stays as it is).
+    config = copy.deepcopy(model.config)
+    config.dtype = w.cfg.model.dtype
+    config.save_pretrained(path)
     w.tokenizer.save_pretrained(path)
 
 
