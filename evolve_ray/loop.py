@@ -245,6 +245,8 @@ def _drive_logged(
     # Every path is checked before any actor starts; Stage 2 after a Stage 1 starts from (and, with
     # reference=fixed, against) Stage 1's checkpoint instead of model.policy.
     models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir)
+    if policy:
+        log.info("the rounds start from %s", models.policy)
     task = make_task(cfg.data) if task is None else task
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
