@@ -43,8 +43,25 @@ def test_cli_refuses_more_gpus_than_the_cluster_has(tiny_models, tmp_path: Path)
 
 
 def test_a_generator_the_cluster_cannot_place_is_one_clear_error(ray_cluster, tiny_models, tmp_path) -> None:
-    cfg = tiny_cfg(tmp_path / "run", tiny_models, "generation.cpus_per_generator=64", "cluster.placement_timeout_s=3")
-    with pytest.raises(UserError, match=r"could not place generator-0 \{'CPU': 64(\.0)?\} within cluster\.placement_t"):
-        loop.run(cfg)
-    stuck = [g for g in ray.util.placement_group_table().values() if g["bundles"] == {0: {"CPU": 64.0}}]
+    """The roles add up against the cluster's total, but another job holds the CPUs: the
+    generator's reservation waits placement_timeout_s, then one line, nothing left reserved."""
+    free = ray.available_resources()["CPU"]
+    other_job = ray.util.placement_group([{"CPU": free - 0.25}])  # leaves less than a generator's 0.5
+    ray.get(other_job.ready(), timeout=60)
+    try:
+        cfg = tiny_cfg(tmp_path / "run", tiny_models, "cluster.placement_timeout_s=3")
+        with pytest.raises(UserError, match=r"could not place generator-0 \{'CPU': 0\.5\} within cluster\.placement_t"):
+            loop.run(cfg)
+    finally:
+        ray.util.remove_placement_group(other_job)
+    stuck = [g for g in ray.util.placement_group_table().values() if g["bundles"] == {0: {"CPU": 0.5}}]
     assert stuck and all(g["state"] == "REMOVED" for g in stuck)  # the reservation was given back
+
+
+def test_roles_that_ask_for_more_cpus_than_the_cluster_has_are_refused_before_any_actor(
+    ray_cluster, tiny_models, tmp_path
+) -> None:
+    cfg = tiny_cfg(tmp_path / "run", tiny_models, "generation.cpus_per_generator=64")
+    with pytest.raises(UserError, match=r"CPU.*generation.num_generators x cpus_per_generator = 1 x 64"):
+        loop.run(cfg)
+    assert not (tmp_path / "run" / "rounds").exists()
