@@ -6,7 +6,9 @@ import argparse
 import atexit
 import errno
 import logging
+import math
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -15,6 +17,7 @@ from evolve_ray import console
 from evolve_ray.comparison import LR_GRID
 from evolve_ray.core.strategies import STRATEGIES
 from evolve_ray.errors import UserError
+from evolve_ray.interrupt import keep_sigterm, raise_on_sigterm, stop_signal
 
 log = logging.getLogger("evolve_ray")
 
@@ -39,6 +42,13 @@ def _at_least(lo: int):
         return value
 
     return parse
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{raw} is not a finite number >= 0")
+    return value
 
 
 def _smoke_arg(p: argparse.ArgumentParser) -> None:
@@ -147,8 +157,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from evolve_ray.control import request_scale
 
-    targets = request_scale(args.run, {"generator": args.generators, "scorer": args.scorers}, address=args.address)
-    print(f"{args.run}: now aiming for {targets['generator']} generator(s), {targets['scorer']} scorer(s)")
+    scaled = request_scale(args.run, {"generator": args.generators, "scorer": args.scorers}, address=args.address)
+    print(f"{args.run}: now aiming for {scaled.wanted['generator']} generator(s), {scaled.wanted['scorer']} scorer(s)")
+    if scaled.note:
+        print(f"evolve-ray: warning: {scaled.note}", file=sys.stderr)
     return 0
 
 
@@ -157,13 +169,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evolve_ray.loop import eval_model
     from evolve_ray.report import turn_series
     from evolve_ray.report_strategies import final_line
+    from evolve_ray.strategy_study import REFINES_K, SAMPLES_N
 
     sets = list(args.sets) + (["data.task=file", f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, sets)
-    # Each strategy's own grid (core.strategies.chain_grid): N only for the parallel ones, K only for chains.
-    turns = args.turns if args.strategy in ("chain", "parallel_chain", "vote") else 0
-    num_samples = args.num_samples if args.strategy in ("parallel", "parallel_chain", "vote") else 1
-    metrics = eval_model(cfg, args.model, Path(args.out), strategy=args.strategy, turns=turns, num_samples=num_samples)
+    # Each strategy's own grid (core.strategies.chain_grid): N only for the parallel ones, K only for chains;
+    # a flag the strategy would drop is refused, as config options are.
+    if args.num_samples is not None and args.strategy not in SAMPLES_N:
+        raise UserError(f"--num-samples is set but --strategy {args.strategy} runs one chain; remove it")
+    if args.turns is not None and args.strategy not in REFINES_K:
+        raise UserError(f"--turns is set but --strategy {args.strategy} does not refine; remove it")
+    metrics = eval_model(
+        cfg,
+        args.model,
+        Path(args.out),
+        strategy=args.strategy,
+        turns=3 if args.turns is None else args.turns,
+        num_samples=4 if args.num_samples is None else args.num_samples,
+        temperature=args.temperature,
+    )
     for quantity in ("accuracy", "score"):
         series = turn_series(metrics, quantity)
         if series:
@@ -199,8 +223,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from evolve_ray.export import export
+    from evolve_ray.export import MODEL_FORMATS, export, export_model
 
+    if args.format in MODEL_FORMATS:
+        ckpt = export_model(Path(args.run), args.format, Path(args.out))
+        print(f"wrote the {args.format} policy of {ckpt} to {args.out}")
+        return 0
     n = export(Path(args.run), args.format, Path(args.out))
     print(f"wrote {n} records to {args.out}")
     return 0
@@ -234,6 +262,7 @@ def job_main(argv: list[str] | None = None) -> int:
     _verbose_arg(ap)
     args = ap.parse_args(argv)
     console.setup(verbose=args.verbose)
+    raise_on_sigterm()  # `ray job stop` sends SIGTERM: the run stops like on Ctrl-C
 
     def go() -> int:
         import ray
@@ -250,7 +279,8 @@ def job_main(argv: list[str] | None = None) -> int:
         cfg = None if args.resume else load_config(args.config, sets)
         if args.resume:
             plan_resume(Path(args.resume), args.config, sets)
-        ray.init(address="auto")
+        with keep_sigterm():
+            ray.init(address="auto")
         if cfg is None:
             print(closing_text(resume_run(Path(args.resume), config=args.config, sets=sets)))
         else:
@@ -288,9 +318,14 @@ def _user_message(e: BaseException | None) -> str | None:
 def _guarded(fn) -> int:
     try:
         return fn()
-    except KeyboardInterrupt:
-        print("evolve-ray: interrupted; continue with `evolve-ray run --resume RUN`", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (interrupt.py): the driver has stopped the run
+        signum = stop_signal()
+        why = f"stopped by {signal.Signals(signum).name}" if signum else "interrupted"
+        print(f"evolve-ray: {why}; continue with `evolve-ray run --resume RUN`", file=sys.stderr)
+        return 128 + signum if signum else 130
+    except BrokenPipeError:  # the reader stopped reading (`status RUN --json | head`): not a failure of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return 141  # 128 + SIGPIPE, as a command the signal ended
     except Exception as e:
         message = _user_message(e)
         if message is None:
@@ -367,10 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="prompt file (default: the built-in task's eval split)")
     p.add_argument("--strategy", choices=list(STRATEGIES), default="chain", help="inference strategy (default chain)")
     p.add_argument(
-        "--num-samples", type=_at_least(1), default=4, help="N: answers or chains of parallel, parallel_chain, vote"
+        "--num-samples", type=_at_least(1), help="N: answers or chains of parallel, parallel_chain, vote (default 4)"
     )
     p.add_argument(
-        "--turns", type=_at_least(0), default=3, help="K: refinement turns after the first answer (chain strategies)"
+        "--turns",
+        type=_at_least(0),
+        help="K: refinement turns after the first answer of chain, parallel_chain, vote (default 3)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_non_negative,
+        help="sampling temperature (default: 0, greedy, for one chain; generation.temperature for several)",
     )
     p.add_argument("--out", default="runs/eval")
     _verbose_arg(p)
@@ -389,10 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose_arg(p)
     p.set_defaults(fn=cmd_reproduce)
 
-    p = sub.add_parser("export", help="export pairs (trl), eval outputs (alpaca_eval) or candidates (jsonl)")
+    p = sub.add_parser(
+        "export",
+        help="export pairs (trl), eval outputs (alpaca_eval), candidates (jsonl), or a LoRA run's last policy "
+        "(adapter: the PEFT adapter; merged: base + adapter as one checkpoint in model.dtype)",
+    )
     p.add_argument("--run", required=True)
-    p.add_argument("--format", required=True, choices=["trl", "alpaca_eval", "jsonl"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--format", required=True, choices=["trl", "alpaca_eval", "jsonl", "adapter", "merged"])
+    p.add_argument("--out", required=True, help="a file, or for adapter and merged a directory")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("report", help="rewrite report.md and plots/ from report.json")
@@ -415,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `evolve-ray` command: main, then a quick exit."""
+    """The `evolve-ray` command: main, then a quick exit. SIGTERM stops a run like Ctrl-C (interrupt.py)."""
+    raise_on_sigterm()
     exit_quickly(main())
 
 

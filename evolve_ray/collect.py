@@ -51,6 +51,7 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
 
         def tick() -> None:
             rescale(s, running)
+            s.trainer.check_started()  # a trainer group the cluster cannot place ends the run within its bound
             bar.update(int(ray.get(s.buffer.summary.remote())["buffer/candidates"]) - bar.n)
 
         # Normally one pass; another if prompts are left over (held by a leaving generator that died).
@@ -63,6 +64,7 @@ def collect(s: Session, round_: int) -> dict[str, Any]:
 
     def scoring_tick() -> None:
         rescale(s, running)
+        s.trainer.check_started()
         ray.get(s.buffer.generation_done.remote())  # re-sent on every tick: a restarted buffer starts without it
 
     score_stats = list(s.fleet.finish(running["scorer"], scoring_tick).values())
@@ -76,7 +78,8 @@ def rescale(s: Session, running: dict[str, Launch]) -> None:
     """Bring the fleet to the counts `evolve-ray scale` asked for. An added actor starts on the
     latest policy and joins (a running launch included) once it is placed and answers; a
     generator scaled down finishes its batch and leaves (a scorer, at the end of the stage);
-    between stages one leaves at once."""
+    between stages one leaves at once. An added slot the cluster does not place within
+    cluster.placement_timeout_s is given up, and the control actor then aims for what the run has."""
     targets = ray.get(s.control.targets.remote())
     for role in ROLES:
         for i in s.fleet.joined(role):
@@ -84,6 +87,9 @@ def rescale(s: Session, running: dict[str, Launch]) -> None:
                 ray.get(s.buffer.retire.remote(i, False))  # a slot that left earlier this round takes work again
             if role in running:
                 s.fleet.submit(running[role], i)
+        if s.fleet.unplaced(role):
+            targets[role] = len(s.fleet.wanted(role))
+            ray.get(s.control.settle.remote(role, targets[role]))
         wanted = s.fleet.wanted(role)
         for _ in range(targets[role] - len(wanted)):
             s.fleet.add(role)
@@ -94,6 +100,9 @@ def rescale(s: Session, running: dict[str, Launch]) -> None:
     for i in s.fleet.leaving["generator"]:  # re-sent every tick: a restarted buffer forgets
         ray.get(s.buffer.retire.remote(i))
     ray.get(s.buffer.set_workers.remote(len(s.fleet.staying("generator"))))
+    lines = s.fleet.scaling_lines()
+    if s.status is not None and lines != s.status.doc["scaling"]:
+        s.status.update(scaling=lines)
 
 
 def restarts_since(s: Session, before: dict[str, int]) -> dict[str, float]:

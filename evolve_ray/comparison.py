@@ -28,11 +28,11 @@ TURNS = 3
 # The learning rates each arm with its own choice tries on seed `seeds[0]`.
 LR_GRID = (1e-5, 5e-5)
 
+# (training.gamma, EVOLVE's keep weight, is not set: DPO and INPO have no keep term.)
 _DIRECT_SAMPLES = (
     "generation.strategy=parallel",
     "generation.num_samples=4",
     "selection.keep_pairs=false",
-    "training.gamma=0",
 )
 
 

@@ -32,16 +32,14 @@ _ACTOR_WARNING = re.compile(r"^(WARNING|ERROR|CRITICAL):evolve_ray[\w.]*:(.*)$")
 _AUTOSCALER_EVENT = ":event_summary:"  # Ray's token before an autoscaler event in the monitor's log
 
 _verbose = True  # until an entry point calls setup()
-_quiet_console: logging.Handler | None = None
+_console: logging.Handler | None = None  # the console handler setup() made
 
 
 class _QuietFilter(logging.Filter):
-    """The project's INFO and up, anyone's WARNING and up."""
+    """The project's own lines (from the handler's level up), anyone's WARNING and up."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or (
-            record.levelno >= logging.INFO and record.name.startswith("evolve_ray")
-        )
+        return record.levelno >= logging.WARNING or record.name.startswith("evolve_ray")
 
 
 class _QuietFormatter(logging.Formatter):
@@ -51,18 +49,27 @@ class _QuietFormatter(logging.Formatter):
 
 
 def setup(*, verbose: bool, level: str = "INFO") -> None:
-    """Configure the process's console once, at an entry point."""
-    global _verbose, _quiet_console
+    """Configure the process's console once, at an entry point (`set_level` changes its level
+    once the config, and so run.log_level, is known)."""
+    global _verbose, _console
     _verbose = verbose
+    _console = logging.StreamHandler(sys.stderr)
     if verbose:
-        logging.basicConfig(level=level, format=_FORMAT)
+        _console.setFormatter(logging.Formatter(_FORMAT))
+    else:
+        _console.addFilter(_QuietFilter())
+        _console.setFormatter(_QuietFormatter())
+    logging.getLogger().addHandler(_console)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The console shows records from `level` up (run.log_level); RUN/run.log keeps INFO and up
+    whatever it is (DEBUG too when asked for). No console set up (library use): nothing changes."""
+    if _console is None:
         return
-    root = logging.getLogger()
-    root.setLevel(level)
-    _quiet_console = logging.StreamHandler(sys.stderr)
-    _quiet_console.addFilter(_QuietFilter())
-    _quiet_console.setFormatter(_QuietFormatter())
-    root.addHandler(_quiet_console)
+    _console.setLevel(level)
+    logging.getLogger().setLevel(min(logging.INFO, logging.getLevelName(level)))
 
 
 def _quiet_ray_logger() -> None:

@@ -5,12 +5,17 @@
 - alpaca_eval: the last round's evaluation outputs (final refinement turn) as AlpacaEval's
   JSON list of {instruction, output, generator, dataset}.
 - jsonl: every candidate with its lineage, score and selection decision (JSON lines).
-Pure: pyarrow and json.
+- adapter, merged (a LoRA run, training.lora): the last round's policy as a directory: the PEFT
+  adapter as it is (its base named by absolute path or hub id, so it loads outside the run), or
+  base + adapter merged in float32 and cast to model.dtype, a plain Hugging Face checkpoint.
+  Both load in transformers and vLLM.
+Pure: pyarrow and json (torch and safetensors for the models).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from evolve_ray.errors import UserError
 from evolve_ray.rundir import atomic_write, read_parquet_rows
 
 FORMATS = ("trl", "alpaca_eval", "jsonl")
+MODEL_FORMATS = ("adapter", "merged")
 
 
 def _round_files(run: Path, name: str) -> list[Path]:
@@ -74,3 +80,36 @@ def export(run: Path, fmt: str, out: Path) -> int:
         return len(rows)
     atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     return len(rows)
+
+
+def last_checkpoint(run: Path) -> Path:
+    found = sorted((run / "checkpoints").glob("r[0-9][0-9][0-9]"))
+    if not found:
+        raise UserError(f"{run} has no checkpoints/rNNN: is it a run directory with a trained round?")
+    return found[-1]
+
+
+def export_model(run: Path, fmt: str, out: Path) -> Path:
+    """Write the last round's LoRA policy to the directory `out` as `fmt` (MODEL_FORMATS); returns the checkpoint read."""
+    from evolve_ray.config import load_config, read_yaml
+    from evolve_ray.models.lora import ADAPTER_CONFIG, adapter_base, adapter_config, is_adapter, merge_adapter
+
+    if fmt not in MODEL_FORMATS:
+        raise UserError(f"--format must be one of {', '.join(MODEL_FORMATS)}")
+    if not run.is_dir():
+        raise UserError(f"run directory not found: {run}")
+    ckpt = last_checkpoint(run)
+    if not is_adapter(ckpt):
+        raise UserError(f"{ckpt} holds full weights (not a training.lora run): it loads as it is")
+    if fmt == "merged":
+        dtype = load_config(None, base=read_yaml(run / "config.yaml")).model.dtype
+        merge_adapter(ckpt, out, dtype=dtype)
+        return ckpt
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt, tmp)
+    config = adapter_config(ckpt) | {"base_model_name_or_path": adapter_base(ckpt)}  # resolved: no longer relative
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return ckpt

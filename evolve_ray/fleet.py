@@ -15,7 +15,8 @@ and `finish` removes it when its call returns.
 Each generator and scorer slot reserves its CPUs and GPUs in a placement group of its own, made
 once and kept for the run: a replacement takes the slot's bundle again, and when the bundle's
 node dies Ray places the bundle on another node. The run stops with one clear error when the
-cluster cannot place a slot's bundle in `cluster.placement_timeout_s`.
+cluster cannot place a slot's bundle in `cluster.placement_timeout_s`; a slot added by `scale`
+that is not placed in that time is given up (`unplaced`) and the run goes on without it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Fleet:
         self.actors: dict[str, dict[int, Any]] = {role: {} for role in ROLES}
         self.leaving: dict[str, set[int]] = {role: set() for role in ROLES}
         self.joining: dict[str, dict[int, tuple[Any, ray.ObjectRef]]] = {role: {} for role in ROLES}
+        # An added slot until its bundle is placed: (its placement group's ready(), when it was added).
+        self.placing: dict[tuple[str, int], tuple[ray.ObjectRef | None, float]] = {}
+        self.given_up: list[str] = []  # the slots `unplaced` gave up, as lines for RUN/status.json
         counts = {"generator": cfg.generation.num_generators, "scorer": cfg.scoring.num_scorers}
         for role in ROLES:
             self.actors[role] = {i: self._new(role, i) for i in range(counts[role])}
@@ -104,11 +108,14 @@ class Fleet:
         i = min(set(range(len(taken) + 1)) - taken)
         actor = self._new(role, i)
         self.joining[role][i] = (actor, actor.info.remote())
+        group = self.groups.get((role, i))  # none for a slot that reserves nothing
+        self.placing[role, i] = (group.ready() if group else None, time.time())
         log.info(
-            "scaled up: %s %d starts; it takes work once placed and loaded (a cluster with the autoscaler "
-            "launches a node for it if none has room; the others carry the work meanwhile)",
+            "scaled up: %s %d starts; it takes work once placed and loaded (given up if not placed within "
+            "cluster.placement_timeout_s=%g s; the others carry the work meanwhile)",
             role,
             i,
+            self.cfg.cluster.placement_timeout_s,
         )
         return i
 
@@ -129,6 +136,7 @@ class Fleet:
                 self.joining[role][i] = (fresh, fresh.info.remote())
                 continue
             del self.joining[role][i]
+            self.placing.pop((role, i), None)
             self.actors[role][i] = actor
             out.append(i)
             log.info("%s %d joined (now %d)", role, i, len(self.actors[role]))
@@ -139,10 +147,42 @@ class Fleet:
         slot still joining goes at once."""
         if i in self.joining[role]:
             ray.kill(self.joining[role].pop(i)[0], no_restart=True)
+            self.placing.pop((role, i), None)
             if (group := self.groups.pop((role, i), None)) is not None:
                 remove_placement_group(group)
             return
         self.leaving[role].add(i)
+
+    def unplaced(self, role: str) -> list[int]:
+        """Give up the added slots of `role` whose bundle the cluster has not placed within
+        cluster.placement_timeout_s (no node with room came); returns them."""
+        timeout = self.cfg.cluster.placement_timeout_s
+        out = []
+        for i in list(self.joining[role]):
+            ready, since = self.placing[role, i]
+            if ready is None or time.time() - since < timeout or ray.wait([ready], timeout=0)[0]:
+                continue
+            bundle = self.groups[role, i].bundle_specs[0]
+            self.leave(role, i)
+            line = (
+                f"{role} {i} ({bundle}) was not placed within cluster.placement_timeout_s={timeout:g} s "
+                f"(free: {_free()}): gave it up; the run goes on with {len(self.wanted(role))}"
+            )
+            log.warning(line)
+            self.given_up = [*self.given_up[-2:], line]
+            out.append(i)
+        return out
+
+    def scaling_lines(self) -> list[str]:
+        """Added slots waiting to be placed, and the last ones given up: for RUN/status.json."""
+        timeout = self.cfg.cluster.placement_timeout_s
+        waiting = [
+            f"{role} {i} waiting to be placed since {time.strftime('%H:%M:%S', time.localtime(since))} "
+            f"(given up after {timeout:g} s)"
+            for (role, i), (ready, since) in sorted(self.placing.items())
+            if ready is not None and not ray.wait([ready], timeout=0)[0]
+        ]
+        return waiting + self.given_up
 
     def remove(self, role: str, i: int) -> None:
         """Stop slot i's actor and free its placement group."""
@@ -292,6 +332,10 @@ class Fleet:
             ray.kill(actor, no_restart=True)
         for pg in self.groups.values():
             remove_placement_group(pg)
+
+
+def _free() -> dict[str, float]:
+    return {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
 
 
 def add_up(old: dict[str, float] | None, new: Any) -> Any:

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import ray
 
+import evolve_ray
 from evolve_ray.collect import collect, open_round, rescale, restarts_since
 from evolve_ray.config import Config, dump_yaml, replace, to_dict
-from evolve_ray.console import route_actor_output, run_log
-from evolve_ray.control import start_control
+from evolve_ray.console import route_actor_output, run_log, set_level
+from evolve_ray.control import Capacity, local_cpus, start_control
+from evolve_ray.core.strategies import BEST_OF_N
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import check_strategies, eval_temperature, evaluate_prompts, evaluate_strategies
+from evolve_ray.evaluation import check_strategies, evaluate_prompts, evaluate_strategies, picks_with_reward_model
 from evolve_ray.fleet import Fleet
+from evolve_ray.interrupt import keep_sigterm
 from evolve_ray.memory_plan import format_plan
 from evolve_ray.metrics_export import MetricsExporter
 from evolve_ray.preflight import ResolvedModels, check_fits, check_gpus, resolve_models
@@ -37,6 +39,7 @@ from evolve_ray.report import append_row, finite_row, load_rows, write_report
 from evolve_ray.resume_settings import changes_text, plan_resume, record_resume
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
 from evolve_ray.status import StatusWriter
+from evolve_ray.strategy_study import StrategyRun, default_temperature, grid_of
 from evolve_ray.summary import stage_line
 from evolve_ray.tasks.registry import make_task
 from evolve_ray.timeline import Timeline, phases, phases_text
@@ -64,6 +67,7 @@ class Session:
     timeline: Timeline
     state: dict[str, Any] = field(default_factory=dict)
     generator_infos: list[dict[str, Any]] = field(default_factory=list)
+    status: StatusWriter | None = None  # RUN/status.json: rescale records slots waiting to be placed there
 
     @property
     def generators(self) -> list[Any]:
@@ -77,12 +81,13 @@ class Session:
     def buffer(self) -> Any:
         return self.fleet.buffer
 
-    def close(self) -> None:
-        """Stop the trainer group and the actors (names are free again for the next run)."""
+    def close(self, *, abort: bool = False) -> None:
+        """Stop the trainer group and the actors (names are free again for the next run).
+        `abort` (an error or a stop signal): the trainer is stopped at once, not waited for."""
         self.timeline.mark("rounds_done")
         if (ready := self.trainer.ready_at()) is not None:
             self.timeline.mark("trainer_ready", at=ready)
-        self.trainer.shutdown()
+        self.trainer.shutdown(abort=abort)
         self.fleet.close()
         ray.kill(self.control, no_restart=True)
         self.timeline.mark("closed")
@@ -158,9 +163,9 @@ def _evaluate(s: Session, round_: int) -> dict[str, Any]:
         s.task,
         prompts,
         round_=round_,
-        strategy="chain" if chain else "direct",
-        turns=s.cfg.run.eval_turns if chain else 0,
-        tolerance=s.cfg.selection.tie_tolerance,
+        run=StrategyRun("chain", 1, s.cfg.run.eval_turns, 0.0) if chain else StrategyRun("direct", 1, 0, 0.0),
+        reward_scores=s.cfg.scoring.kind == "reward_model",
+        tolerance=s.cfg.run.unchanged_tolerance,
         out_file=round_dir(s.run, round_) / "eval.parquet",
     )
     if s.cfg.run.eval_strategies_every_round or round_ == s.cfg.run.rounds - 1:
@@ -218,7 +223,8 @@ def drive(
     status = StatusWriter(run_dir, rounds=cfg.run.rounds)
     global _drives
     _drives += 1
-    timeline = Timeline(run_dir, process_start=psutil.Process().create_time() if _drives == 1 else None)
+    set_level(cfg.run.log_level)  # the console's level: it was set up before the config was read
+    timeline = Timeline(run_dir, process_start=evolve_ray.IMPORTED_AT if _drives == 1 else None)
     timeline.mark("driver")
     try:
         with run_log(run_dir):
@@ -244,20 +250,22 @@ def _drive_logged(
 ) -> None:
     # Every path is checked before any actor starts; Stage 2 after a Stage 1 starts from (and, with
     # reference=fixed, against) Stage 1's checkpoint instead of model.policy.
-    models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir)
+    picks = picks_with_reward_model(cfg, cfg.run.eval_strategies)  # best-of-N under the verifier: an RM picks
+    models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir, picks=picks)
     if policy:
         log.info("the rounds start from %s", models.policy)
     task = make_task(cfg.data) if task is None else task
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
-    check_strategies(cfg.run.eval_strategies, task)  # vote on a task without answers: refused now, not at the end
-    connect(cfg)
+    check_strategies(cfg, cfg.run.eval_strategies, task)  # refused now, not at the end
+    local = connect(cfg)
     timeline.mark("cluster")
     route_actor_output(run_dir)
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))  # before any actor starts
     plan = check_fits(cfg, models.policy, models.reward, ray.cluster_resources())  # CPUs, GPUs, memory per GPU
     atomic_write(run_dir / "memory_plan.txt", (format_plan(plan) + "\n").encode())
-    s = _start_session(cfg, run_dir, models, task, state, timeline)
+    s = _start_session(cfg, run_dir, models, task, state, timeline, local=local)
+    s.status = status
     status.update(
         state="running",
         policy_version=_trained_rounds(state),
@@ -294,29 +302,44 @@ def _drive_logged(
             append_row(run_dir, row)
         write_report(run_dir)
         log.info("run complete: %s (report.md, report.json, plots/)", run_dir)
-    finally:
-        s.close()
+    except BaseException:
+        s.close(abort=True)
+        raise
+    s.close()
 
 
-def connect(cfg: Config) -> None:
-    """Join the configured cluster, or start a local one (dashboard on 127.0.0.1 by default)."""
+def connect(cfg: Config) -> bool:
+    """Join the configured cluster, or start a local one (dashboard on 127.0.0.1 by default).
+    Returns whether it started one (no node can join it: `evolve-ray scale` judges by its size)."""
     if ray.is_initialized():
-        return
+        return False
     c = cfg.cluster
     if c.address:
-        ray.init(address=c.address, log_to_driver=True)
-        return
+        with keep_sigterm():  # the command's SIGTERM handler, not Ray's (interrupt.py)
+            ray.init(address=c.address, log_to_driver=True)
+        return False
+    cores = os.cpu_count() or 1
+    num_cpus, reserved = local_cpus(cfg, cores)
+    if c.num_cpus:
+        sized = f"{c.num_cpus} logical CPUs (cluster.num_cpus)"
+    else:
+        sized = (
+            f"{num_cpus} logical CPUs on {cores} cores (logical CPUs are a scheduling budget, not cores: the roles "
+            f"reserve {reserved:g}, and the rest is room for `evolve-ray scale` to add a generator and a scorer)"
+        )
     # address="local": always a fresh cluster, even if RAY_ADDRESS or a `ray start` on this machine
     # (/tmp/ray/ray_current_cluster) would otherwise make ray.init join that one.
-    info = ray.init(
-        address="local",
-        num_cpus=c.num_cpus or None,
-        include_dashboard=c.include_dashboard,
-        dashboard_host=c.dashboard_host,
-    )
+    with keep_sigterm():
+        info = ray.init(
+            address="local",
+            num_cpus=c.num_cpus or num_cpus,
+            include_dashboard=c.include_dashboard,
+            dashboard_host=c.dashboard_host,
+        )
     ctx = ray.get_runtime_context()
     where = f"dashboard at http://{info.dashboard_url}" if info.dashboard_url else "no dashboard"
-    log.info("started a local Ray cluster (node %s); %s", ctx.get_node_id()[:8], where)
+    log.info("started a local Ray cluster (node %s) with %s; %s", ctx.get_node_id()[:8], sized, where)
+    return True
 
 
 def _engine_env(run_dir: Path) -> dict[str, str]:
@@ -328,7 +351,7 @@ def _engine_env(run_dir: Path) -> dict[str, str]:
 
 
 def _start_session(
-    cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict, timeline: Timeline
+    cfg: Config, run_dir: Path, models: ResolvedModels, task: Any, state: dict, timeline: Timeline, *, local: bool
 ) -> Session:
     trained = _trained_rounds(state)
     policy = str(checkpoint_dir(run_dir, trained - 1)) if trained else models.policy
@@ -350,7 +373,8 @@ def _start_session(
     trainer = TrainerGroup(cfg, policy, run_dir, models.tokenizer, reference_model=models.policy)
     trainer.start()
     timeline.mark("trainer_launched")
-    control = start_control(run_dir, {"generator": len(fleet.generators), "scorer": len(fleet.scorers)})
+    counts = {"generator": len(fleet.generators), "scorer": len(fleet.scorers)}
+    control = start_control(run_dir, counts, Capacity.of(cfg, local=local))
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
     return Session(cfg, run_dir, models, fleet, trainer, exporter, task, control, timeline, state, infos)
@@ -379,12 +403,27 @@ def _served_version(s: Session) -> int:
 
 
 def eval_model(
-    cfg: Config, model_path: str, out_dir: Path, *, strategy: str, turns: int, num_samples: int = 1
+    cfg: Config,
+    model_path: str,
+    out_dir: Path,
+    *,
+    strategy: str,
+    turns: int,
+    num_samples: int = 1,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one checkpoint under `strategy` on the task's eval prompts; writes eval.parquet and eval.json."""
+    """Evaluate one checkpoint under `strategy` on the task's eval prompts; writes eval.parquet and
+    eval.json (the metrics with the strategy's N, K and temperature). `temperature` None: greedy
+    for one chain, generation.temperature for several."""
+    set_level(cfg.run.log_level)
     check_writable(out_dir)
-    models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir)
+    n, k = grid_of(strategy, num_samples, turns)
+    t = default_temperature(strategy, n, cfg.generation.temperature) if temperature is None else temperature
+    run = StrategyRun(strategy, n, k, t)
     task = make_task(cfg.data)
+    check_strategies(cfg, [strategy], task)
+    picks = picks_with_reward_model(cfg, [strategy])
+    models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir, picks=picks)
     connect(cfg)
     route_actor_output(out_dir)  # the actors' lines go to OUT/run.log
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)
@@ -404,17 +443,15 @@ def eval_model(
             task,
             task.prompts("eval", cfg.data.eval_prompts),
             round_=0,
-            strategy=strategy,
-            num_samples=num_samples,
-            turns=turns,
-            temperature=eval_temperature(strategy, num_samples, cfg.generation.temperature),
-            tolerance=cfg.selection.tie_tolerance,
+            run=run,
+            reward_scores=cfg.scoring.kind == "reward_model",
+            tolerance=cfg.run.unchanged_tolerance,
             out_file=out_dir / "eval.parquet",
         )
     finally:
         fleet.close()
-    write_json(
-        out_dir / "eval.json",
-        finite_row(metrics | {"model": model_path, "strategy": strategy, "num_samples": num_samples}),
-    )
-    return metrics
+    record = {"model": model_path, "strategy": strategy, "num_samples": n, "turns": k, "temperature": t}
+    if strategy in BEST_OF_N:  # never the verifier: its pick is pass@N (eval/final_oracle_accuracy)
+        record["picked_by"] = f"reward model {models.reward}"
+    write_json(out_dir / "eval.json", finite_row(metrics | record))
+    return metrics | record

@@ -29,6 +29,12 @@ Train worker, per rank (n = training.num_workers; FSDP shards by s = n, DDP hold
       logits: T x b x S x V x 4 (the float32 log-softmax sequence_logprobs keeps for backward).
 Stage 1 (sft.data) trains on the same workers with loss=sft: no reference, b = micro, terms
 direct and refine, so never more than the configured loss's need; the plan is the latter's.
+LoRA (training.lora.rank = r > 0): the base is frozen in the compute dtype, P x c / s, and only
+the adapter is trained: A = r x (in + out) summed over the targeted linear layers, with float32
+weights 4A/s, gradients 4A/s and AdamW moments 8A/s; no reference copy (the fixed reference is
+the base with the adapter off). Activations and logits as above (the adapters read the frozen
+layers' inputs, so those stay saved). A LoRA generator also holds vLLM's adapter slot: A at
+vLLM's max_lora_rank over every attention and MLP projection, in model.dtype, / tp.
 Not counted: the CUDA context and allocator fragmentation (~1-2 GiB), vLLM's CUDA graphs and
 sampling workspace, a transformers scorer's activations, DDP's gradient buckets and autocast's
 bf16 weight copies, transients (the bf16 logits of the forward in flight).
@@ -49,7 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from evolve_ray.config import Config, ConfigError
+from evolve_ray.config import LORA_TARGETS, Config, ConfigError, LoraConfig
 from evolve_ray.warmstart import SHIPPED
 
 GIB = 1 << 30
@@ -67,6 +73,8 @@ class ModelShape:
     layers: int
     hidden: int
     vocab: int
+    # Every nn.Linear as (name's last segment, in_features, out_features, how many): LoRA's sizes.
+    linears: tuple[tuple[str, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ def shape_of(model_config: Any, *, reward: bool, trust_remote_code: bool = False
     Args:
         reward: build the sequence-classification model (the scorer's) instead of the causal LM.
     """
+    from collections import Counter
+
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -138,6 +148,11 @@ def shape_of(model_config: Any, *, reward: bool, trust_remote_code: bool = False
     block_names = set(model._no_split_modules or ())  # Hugging Face names its decoder-layer classes here
     blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if type(m).__name__ in block_names]
     params = sum(p.numel() for p in model.parameters())
+    linears = Counter(
+        (name.rsplit(".", 1)[-1], m.in_features, m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    )
     text = model_config.get_text_config()  # multimodal configs nest the decoder's sizes
     return ModelShape(
         params=params,
@@ -146,15 +161,23 @@ def shape_of(model_config: Any, *, reward: bool, trust_remote_code: bool = False
         layers=len(blocks),
         hidden=text.hidden_size,
         vocab=text.vocab_size,
+        linears=tuple((name, i, o, n) for (name, i, o), n in sorted(linears.items())),
     )
+
+
+def lora_params(shape: ModelShape, rank: int, targets: list[str]) -> int:
+    """Parameters of a rank-`rank` adapter on the linear layers named in `targets`: r x (in + out) each."""
+    return sum(n * rank * (i + o) for name, i, o, n in shape.linears if name in targets)
 
 
 def read_shape(path: str, *, reward: bool, trust_remote_code: bool = False) -> ModelShape | Unknown:
     """The shape of the model at `path` (a directory or hub id), or why it cannot be read."""
     from transformers import AutoConfig
 
+    from evolve_ray.models.lora import split_policy
+
     try:
-        mc = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        mc = AutoConfig.from_pretrained(split_policy(path)[0], trust_remote_code=trust_remote_code)  # LoRA: the base
         return shape_of(mc, reward=reward, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -254,8 +277,15 @@ def _row(role: str, count: int, gpus_each: float, parts: Parts | str, memory: fl
 def _generator(cfg: Config, policy: ModelShape | Unknown) -> Parts | str:
     if isinstance(policy, Unknown):
         return policy.why
-    weights = policy.params * DTYPE_BYTES[cfg.model.dtype] / cfg.generation.tensor_parallel_size
-    return ((f"weights {_short(cfg.model.dtype)}", weights), ("kv cache", cfg.generation.kv_cache_mib * 2.0**20))
+    size, tp = DTYPE_BYTES[cfg.model.dtype], cfg.generation.tensor_parallel_size
+    parts: Parts = ((f"weights {_short(cfg.model.dtype)}", policy.params * size / tp),)
+    if cfg.training.lora.rank:
+        from evolve_ray.models.lora import vllm_max_rank
+
+        lora = cfg.training.lora
+        slot = lora_params(policy, vllm_max_rank(lora.rank), sorted({*LORA_TARGETS, *lora.target_modules}))
+        parts += ((f"adapter slot {_short(cfg.model.dtype)}", slot * size / tp),)
+    return parts + (("kv cache", cfg.generation.kv_cache_mib * 2.0**20),)
 
 
 def _scorer(cfg: Config, reward: ModelShape | Unknown | None) -> Parts | str:
@@ -280,14 +310,11 @@ def _trainer(cfg: Config, policy: ModelShape | Unknown) -> Parts | str:
     shards = t.num_workers if fsdp else 1
     compute = "bfloat16" if t.bf16 else "float32"
     c = DTYPE_BYTES[compute]
-    parts: list[tuple[str, float]] = [
-        ("weights fp32", 4 * m.params / shards),
-        ("grads fp32", 4 * m.params / shards),
-        ("adam fp32", 8 * m.params / shards),
-    ]
+    parts = _trained_weights(m, t.lora, compute, shards)
     if fsdp:
         parts.append((f"gathered {_short(compute)}", (m.root_params + m.block_params) * c))
-    if t.reference == "fixed" and t.loss != "sft":  # held in the compute dtype (train.parallel.load_reference)
+    # Held in the compute dtype (train.parallel.load_reference); LoRA's is the base with the adapter off.
+    if t.reference == "fixed" and t.loss != "sft" and not t.lora.rank:
         parts.append((f"reference {_short(compute)}", m.params * c / shards))
     terms = len(loss_terms(t))
     micro = math.ceil(t.batch_size / (t.num_workers * t.grad_accum))
@@ -299,6 +326,21 @@ def _trainer(cfg: Config, policy: ModelShape | Unknown) -> Parts | str:
         parts.append(("activations", terms * m.layers * block))
     parts.append(("logits fp32", terms * tokens * m.vocab * 4))
     return tuple(parts)
+
+
+def _trained_weights(m: ModelShape, lora: LoraConfig, compute: str, shards: int) -> list[tuple[str, float]]:
+    """Weights, gradients and AdamW state: of the whole model in float32, or with LoRA a frozen
+    base in the compute dtype and a float32 adapter."""
+    if not lora.rank:
+        p = m.params / shards
+        return [("weights fp32", 4 * p), ("grads fp32", 4 * p), ("adam fp32", 8 * p)]
+    a = lora_params(m, lora.rank, lora.target_modules) / shards
+    return [
+        (f"frozen base {_short(compute)}", m.params * DTYPE_BYTES[compute] / shards),
+        ("adapter fp32", 4 * a),
+        ("adapter grads fp32", 4 * a),
+        ("adapter adam fp32", 8 * a),
+    ]
 
 
 def _fix(cfg: Config, role: str) -> str:

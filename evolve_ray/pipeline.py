@@ -9,6 +9,11 @@
 
 `evolve-ray sft` runs Stage 1 alone; `evolve-ray run` runs whatever of the two is not done yet,
 so `sft` then `run` with the same config and --out continue one another. Both resume.
+
+With LoRA (training.lora) Stage 1 trains an adapter; its checkpoint is then merged into the base
+(in float32, cast to model.dtype) as RUN/sft/merged, and Stage 2 trains a new adapter on that:
+its fixed reference, the base with the adapter off, is then the Stage-1 policy (as in TRL's
+recipe for an SFT adapter followed by DPO).
 """
 
 from __future__ import annotations
@@ -45,8 +50,25 @@ def stage1_config(cfg: Config, sft_dir: Path) -> Config:
     )
 
 
+MERGED = "merged"  # RUN/sft/merged: a LoRA Stage 1's adapter merged into its base
+
+
 def stage1_checkpoint(run_dir: Path) -> Path:
-    return checkpoint_dir(run_dir / STAGE1_DIR, 0)
+    """Where Stage 2 starts: Stage 1's checkpoint, or a LoRA Stage 1's merged policy."""
+    merged = run_dir / STAGE1_DIR / MERGED
+    return merged if merged.is_dir() else checkpoint_dir(run_dir / STAGE1_DIR, 0)
+
+
+def _stage2_start(cfg: Config, run_dir: Path) -> Path:
+    """Stage 1's policy for Stage 2; with LoRA its adapter merged into the base once (merge_adapter
+    writes the directory whole or not at all)."""
+    merged, trained = run_dir / STAGE1_DIR / MERGED, checkpoint_dir(run_dir / STAGE1_DIR, 0)
+    if cfg.training.lora.rank and not merged.is_dir() and (trained / "adapter_config.json").is_file():
+        from evolve_ray.models.lora import merge_adapter
+
+        merge_adapter(trained, merged, dtype=cfg.model.dtype)
+        log.info("Stage 1's adapter merged into its base for Stage 2: %s", merged)
+    return stage1_checkpoint(run_dir)
 
 
 def _pairs(s: loop.Session) -> list[Any]:
@@ -93,14 +115,14 @@ def run_stage1(cfg: Config, run_dir: Path) -> Path:
             state = read_json(sft_dir / "state.json")
         if state.get("last") == {"round": 0, "stage": "evaluate"}:
             log.info("Stage 1 already done: %s", stage1_checkpoint(run_dir))
-            return stage1_checkpoint(run_dir)
+            return _stage2_start(cfg, run_dir)
     else:
         check_writable(sft_dir)
     atomic_write(sft_dir / "config.yaml", dump_yaml(cfg1).encode())
     task = PreferenceSet(cfg.sft.data, eval_prompts=cfg.sft.eval_prompts, seed=cfg.data.seed)
     notes = [f"Stage 1 (self-refinement-aware SFT) on {cfg.sft.data}: {len(task.train_rows)} training rows"]
     loop.drive(cfg1, sft_dir, state, notes, task=task, steps=STAGE1_STEPS)
-    return stage1_checkpoint(run_dir)
+    return _stage2_start(cfg, run_dir)
 
 
 def run(cfg: Config) -> Path:

@@ -27,15 +27,18 @@ class ResolvedModels:
     tokenizer: str
 
 
-def resolve_models(cfg: Config, run_dir: Path) -> ResolvedModels:
+def resolve_models(cfg: Config, run_dir: Path, *, picks: bool = False) -> ResolvedModels:
+    """The models' paths, checked. `picks`: a reward model is needed to pick best-of-N in evaluation
+    even under scoring.kind=verifier (config.best_of_n_unpicked says when there is none)."""
     m = cfg.model
     policy, reward = m.policy, m.reward
-    if not policy or (not reward and cfg.scoring.kind == "reward_model"):
+    needs_reward = cfg.scoring.kind == "reward_model" or picks
+    if not policy or (not reward and needs_reward):
         built_in = warm_start_dir(run_dir / "models" / "warm_start", template=cfg.refinement.template)
         policy = policy or str(built_in / "policy")
         reward = reward or str(built_in / "reward")
     check_model_path(policy, what="model.policy", trust_remote_code=m.trust_remote_code)
-    if cfg.scoring.kind == "reward_model":
+    if needs_reward:
         check_model_path(reward, what="model.reward", trust_remote_code=m.trust_remote_code)
     tokenizer = m.tokenizer or policy
     load_tokenizer(tokenizer, trust_remote_code=m.trust_remote_code)  # must exist and carry a chat template
@@ -46,7 +49,10 @@ def resolve_models(cfg: Config, run_dir: Path) -> ResolvedModels:
 def check_sizes(cfg: Config, policy: str) -> None:
     from transformers import AutoConfig
 
-    mc = AutoConfig.from_pretrained(policy, trust_remote_code=cfg.model.trust_remote_code)
+    from evolve_ray.models.lora import split_policy
+
+    base = split_policy(policy)[0]  # a LoRA checkpoint's sizes are its base's
+    mc = AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
     limit = getattr(mc, "max_position_embeddings", None)  # not every architecture names it
     if limit is not None and cfg.model.max_model_len > limit:
         raise ConfigError(f"model.max_model_len: {cfg.model.max_model_len} exceeds the model's context {limit}")

@@ -33,7 +33,7 @@ from evolve_ray.comparison import (
     row_from_metrics,
     seed_sets,
 )
-from evolve_ray.config import DEMO_SETS, load_config
+from evolve_ray.config import DEMO_SETS, load_config, overrides_of
 from evolve_ray.errors import UserError
 from evolve_ray.report import load_rows
 from evolve_ray.rundir import read_json, write_json
@@ -52,18 +52,21 @@ def run_arm(
     eval_sets = ["run.eval_strategy=chain", f"run.eval_turns={TURNS}"]
     t0 = time.perf_counter()
     extra: dict[str, float] = {}
+    # The shared settings (--config, --set, seed, lr) are the base: each applies to the arms where it has an
+    # effect (training.eta to INPO's), and only the arm's own settings must all apply.
+    shared = overrides_of(config, sets)
     if arm.trains:
         # No start evaluation: it would repeat the sr_sft arm's (the same warm start, prompts and greedy chain).
         cfg = load_config(
-            config,
+            None,
             [
-                *sets,
                 *arm.sets,
                 *eval_sets,
                 "run.eval_start=false",
                 f"run.rounds={rounds}",
                 f"run.out={run_dir / 'run'}",
             ],
+            base=shared,
         )
         loop.run(cfg)
         rows = [r for r in load_rows(run_dir / "run") if r["round"] >= 0]
@@ -71,7 +74,7 @@ def run_arm(
         examples = sum(r.get("train/examples", 0.0) for r in rows) / len(rows)
         extra = {"lr": cfg.training.lr, "lr_criterion": lr_criterion(rows)}
     else:
-        cfg = load_config(config, [*sets, *eval_sets])
+        cfg = load_config(None, eval_sets, base=shared)
         metrics = loop.eval_model(cfg, str(warm / arm.start), run_dir / "eval", strategy="chain", turns=TURNS)
         examples = math.nan
     row = row_from_metrics(metrics, examples_per_round=examples, wall_s=time.perf_counter() - t0) | extra
@@ -112,7 +115,7 @@ def reproduce(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = [*DEMO_SETS, *sets, *(SMOKE_SETS if smoke else ())]
-    cfg = load_config(config, base)
+    cfg = load_config(None, base=overrides_of(config, base))  # checked where it applies: in the arms
     warm = warm_start_dir(out / "warm_start", template=cfg.refinement.template)
     started = not ray.is_initialized()
     result: dict[str, Any] = {

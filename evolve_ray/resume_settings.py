@@ -3,8 +3,9 @@
 A resumed run continues from files the earlier settings produced: the candidates, pairs and
 checkpoints of the model, task, strategy, selection and loss it started with. Only settings that
 shape how the remaining work is done (how many rounds, how many generators and scorers and their
-resources, how much is evaluated, logging, how to reach the cluster) may change; any other key
-that differs from the stored config is refused with one line naming it, before any actor starts.
+resources, how much is evaluated, logging, how to reach the cluster) may change: the schema marks
+them (`_f(..., resume=True)` in config.py; docs/options.md lists them). Any other key that differs
+from the stored config is refused with one line naming it, before any actor starts.
 The stored and the new resolved configs are compared key by key, so repeating a stored value is
 fine. `run.out` is the directory being resumed, wherever it now is: a resume that sets it to
 anything else is refused (move the directory instead).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolve_ray.config import Config, dump_yaml, load_config, read_yaml, replace, to_dict
+from evolve_ray.config import Config, config_items, dump_yaml, field_of, load_config, read_yaml, replace
 from evolve_ray.errors import UserError
 from evolve_ray.rundir import atomic_write, read_json
 
@@ -28,22 +29,6 @@ RESUMES_FILE = "resumes.jsonl"
 STAGES = ("collect", "train", "evaluate")
 # Where the run lives is the directory resumed, not a setting (a moved run keeps working).
 LOCATION_KEY = "run.out"
-MUTABLE_KEYS = frozenset(
-    {
-        "run.rounds",
-        "run.log_level",
-        "run.trackers",
-        "generation.num_generators",
-        "generation.max_work_batch",
-        "generation.cpus_per_generator",
-        "generation.gpus_per_generator",
-        "scoring.num_scorers",
-        "scoring.cpus_per_scorer",
-        "scoring.gpus_per_scorer",
-        "data.eval_prompts",
-    }
-)
-MUTABLE_PREFIXES = ("run.eval_", "cluster.")
 
 
 class ResumeRefused(UserError):
@@ -60,25 +45,20 @@ class ResumePlan:
     changes: dict[str, tuple[Any, Any]]
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: one entry per config key, in schema order."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """Every key whose resolved value differs, as key -> (old, new); run.out is not compared."""
-    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    a, b = config_items(old), config_items(new)
     return {k: (a[k], b[k]) for k in a if k != LOCATION_KEY and a[k] != b[k]}
 
 
 def may_change(key: str) -> bool:
-    return key in MUTABLE_KEYS or key.startswith(MUTABLE_PREFIXES)
+    """Whether a resume may change `key` (the schema field's `resume` mark)."""
+    return bool(field_of(key).metadata.get("resume"))
+
+
+def mutable_keys() -> list[str]:
+    """Every key a resume may change, in schema order."""
+    return [k for k in config_items(Config()) if may_change(k)]
 
 
 def rounds_done(state: dict[str, Any]) -> int:
@@ -95,8 +75,7 @@ def check_changes(changes: dict[str, tuple[Any, Any]], *, done: int) -> None:
         if not may_change(key):
             raise ResumeRefused(
                 f"{key} cannot change on resume (it was {old!r}); start a new run "
-                "(a resume may change run.rounds, run.eval_*, run.log_level, run.trackers, data.eval_prompts, "
-                "cluster.*, and the number and resources of generators and scorers)"
+                f"(a resume may change {', '.join(mutable_keys())})"
             )
     if "run.rounds" in changes and changes["run.rounds"][1] < done:
         raise ResumeRefused(

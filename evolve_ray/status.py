@@ -3,7 +3,7 @@
 The driver keeps RUN/status.json current: its state (starting, running, finished, failed), the
 round and stage it is in, the policy version the generators serve, the generators, and a
 heartbeat rewritten every HEARTBEAT_S seconds, so a reader can tell a live run from one whose
-driver died. The rest comes from files the run writes anyway: state.json (last completed stage),
+driver died, and the slots `evolve-ray scale` added that wait to be placed or were given up. The rest comes from files the run writes anyway: state.json (last completed stage),
 rounds/rNNN/metrics.json (the current round's finished stages) and report.json. Pure: no ray.
 """
 
@@ -47,6 +47,7 @@ class StatusWriter:
             "stage": None,
             "policy_version": None,
             "generators": [],
+            "scaling": [],  # slots `evolve-ray scale` added that wait to be placed, or were given up (fleet.py)
         }
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -143,6 +144,7 @@ def format_status(run: Path, now: float | None = None) -> str:
         lines.append(f"policy version: {st['policy_version']}")
     if st.get("generators"):
         lines.append(f"generators: {len(st['generators'])} ({', '.join(st['generators'])})")
+    lines += [f"scaling: {line}" for line in st.get("scaling", [])]
     if st.get("wall_s") is not None:
         lines.append(f"wall time: {_duration(st['wall_s'])}")
     m, r = st["round_metrics"], st.get("round")

@@ -3,7 +3,10 @@
 The driver marks each milestone (wall-clock seconds since the epoch) as it is reached; `phases`
 turns the marks into the split `evolve-ray bench` reports and the run logs at its end:
 
-    imports           process start -> the driver starts (Python, evolve_ray, ray)
+    imports           the interpreter's first import of evolve_ray -> the driver starts (evolve_ray,
+                      ray, torch; evolve_ray.IMPORTED_AT). Not from the process's creation: a shell
+                      running `install && evolve-ray demo` hands its own process, created before
+                      the install, to the last command. The interpreter's own start (~50 ms) is not in it.
     cluster           -> connected to (or started) the Ray cluster
     actors            -> every generator answers (buffer, scorers, engines loaded)
     trainer_group     the group is launched -> its workers ask for their first job (it overlaps
@@ -14,7 +17,7 @@ turns the marks into the split `evolve-ray bench` reports and the run logs at it
                       (the process's own exit, with Ray's, comes after: the bench measures it)
 
 "imports" is there only for a process's first run (`evolve-ray reproduce` drives many runs in
-one process). No ray, no vllm: the process start time is passed in.
+one process). No ray, no vllm: the start time is passed in.
 """
 
 from __future__ import annotations

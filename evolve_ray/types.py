@@ -41,6 +41,7 @@ class Candidate:
     strategy: str
     num_tokens: int = 0
     finish_reason: str = ""
+    prompt_tokens: int = 0  # tokens of the prompt it was generated from (x, or t(x, parent) for a refinement)
 
     @property
     def id(self) -> str:

@@ -131,7 +131,7 @@ class BufferActor:
         """Write the round's consolidated candidates.parquet and pairs.parquet; the round's metrics."""
         self._s.export(round_dir(self.run_dir, self._s.round))
         return self._s.round_metrics(
-            tolerance=self.cfg.selection.tie_tolerance,
+            tolerance=self.cfg.run.unchanged_tolerance,
             verify=self.verify,
             reward_model=self.cfg.scoring.kind == "reward_model",
         )

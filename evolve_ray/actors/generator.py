@@ -1,11 +1,21 @@
-"""GeneratorActor: one inference engine; generates turns, streams them, loads weights in place."""
+"""GeneratorActor: one inference engine; generates turns, streams them, loads weights in place.
+
+With LoRA (training.lora, or a policy path that is an adapter directory) the engine serves the
+base model and loads each pushed adapter under a new name; an actor started on a LoRA checkpoint
+(a replacement, a generator added mid-run, a resumed run) loads its adapter before it answers.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import resource
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import ray
 from ray.util import get_current_placement_group
@@ -16,8 +26,9 @@ from evolve_ray.engines.base import SamplingSpec, WeightLoadError, checkpoint_sh
 from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
 from evolve_ray.models.loading import load_tokenizer
+from evolve_ray.models.lora import adapter_rank, check_adapter, split_policy
 from evolve_ray.profiling import top_functions
-from evolve_ray.sync.transport import WeightPayload, unpack
+from evolve_ray.sync.transport import WeightPayload, adapter_dir, unpack
 from evolve_ray.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -30,11 +41,18 @@ class GeneratorActor:
         logging.basicConfig(level=cfg.run.log_level)
         self.index, self.served_version, self.broken = index, version, ""
         self.last_load: dict = {}  # where the last weight load's time went (info() reports it)
-        self.engine = make_engine(cfg, model_path)
-        self.tokenizer = load_tokenizer(
+        base, adapter = split_policy(model_path)
+        self.lora_rank = max(cfg.training.lora.rank, adapter_rank(adapter) if adapter else 0)
+        self.engine = make_engine(cfg, base, lora_rank=self.lora_rank)
+        self.tokenizer = load_tokenizer(  # a LoRA checkpoint carries the run's tokenizer
             cfg.model.tokenizer or model_path, trust_remote_code=cfg.model.trust_remote_code
         )
-        self.expected = checkpoint_shapes(model_path)
+        # What a push must match: the full model's names and shapes, or the adapter served (none yet: any).
+        self.expected = checkpoint_shapes(adapter or base) if adapter or not self.lora_rank else {}
+        # Where adapters pushed through the object store are written out (made on the first one).
+        self.scratch = Path(tempfile.gettempdir()) / f"evolve-adapters-{os.getpid()}"
+        if adapter:
+            self.engine.load_adapter(adapter, f"v{version}")
         self.runner = GenerationRunner(self.engine, self.tokenizer, cfg)
         log.info("generator %d ready: backend=%s model=%s", index, self.engine.name, model_path)
 
@@ -113,23 +131,46 @@ class GeneratorActor:
         self._check_alive()
         t0 = time.perf_counter()
         weights = dict(unpack(payload))
-        validate_weights(weights, self.expected)  # raises before the engine is touched
+        if payload.adapter_config:  # LoRA: only the adapter travels
+            self._check_adapter(weights, payload.adapter_config)  # raises before the engine is touched
+            path = adapter_dir(payload, weights, self.scratch)
+            load = functools.partial(self.engine.load_adapter, path, f"v{payload.version}")
+        else:
+            validate_weights(weights, self.expected)  # raises before the engine is touched
+            path, load = "", functools.partial(self.engine.load_weights, weights)
         t1 = time.perf_counter()
         top: dict[str, float] = {}
         try:
             if profile:
-                top = top_functions(lambda: self.engine.load_weights(weights))
+                top = top_functions(load)
             else:
-                self.engine.load_weights(weights)
+                load()
         except Exception as e:
             self.broken = f"weight load of version {payload.version} failed inside the engine: {e}"
             raise WeightLoadError(self.broken) from e
         self.served_version = payload.version
         self.last_load = {"version": payload.version, "read_validate_s": t1 - t0, "engine_s": time.perf_counter() - t1}
+        if payload.adapter_config:
+            self.expected = {k: tuple(v.shape) for k, v in weights.items()}
+            for old in self.scratch.glob("v*"):  # the adapters written for earlier versions
+                if str(old) != path:
+                    shutil.rmtree(old, ignore_errors=True)
         if profile:
             self.last_load["engine_top_s"] = top
         log.info("generator %d now serves policy version %d", self.index, payload.version)
         return self.served_version
+
+    def _check_adapter(self, weights: dict, config_text: str) -> None:
+        """A pushed adapter must be a LoRA adapter within the engine's rank, shaped like the one served."""
+        rank = json.loads(config_text)["r"]
+        if rank > self.lora_rank:
+            raise WeightLoadError(f"adapter of rank {rank}, but this engine serves ranks up to {self.lora_rank}")
+        try:
+            check_adapter(weights, rank)
+        except ValueError as e:
+            raise WeightLoadError(str(e)) from None
+        if self.expected:
+            validate_weights(weights, self.expected)
 
     def _check_alive(self) -> None:
         if self.broken:

@@ -1,4 +1,9 @@
-"""ScorerActor: pulls micro-batches from the buffer as they arrive and attaches scores."""
+"""ScorerActor: pulls micro-batches from the buffer as they arrive and attaches scores.
+
+It also picks best-of-N in evaluation (`pick_scores`): with a reward model, never the verifier.
+Under scoring.kind=verifier the verifier grades and a reward model, loaded on the first pick,
+picks; under scoring.kind=reward_model the two are the same model.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,9 @@ def make_scorer(cfg: Config, reward_path: str, task: Task) -> Scorer:
 class ScorerActor:
     def __init__(self, cfg: Config, reward_path: str, index: int, task: Task) -> None:
         logging.basicConfig(level=cfg.run.log_level)
-        self.cfg, self.index = cfg, index
+        self.cfg, self.index, self.reward_path = cfg, index, reward_path
         self.scorer = make_scorer(cfg, reward_path, task)
+        self.picker: Scorer | None = self.scorer if cfg.scoring.kind == "reward_model" else None
         self.scored = 0
 
     @ray.method(concurrency_group="control")
@@ -50,6 +56,14 @@ class ScorerActor:
         out = self.scorer.score(batch)
         self.scored += len(out)
         return out
+
+    def pick_scores(self, batch: list[tuple[Candidate, Prompt]]) -> list[Score]:
+        """The reward model's scores, which pick best-of-N (the verifier would read the answer key)."""
+        if self.picker is None:
+            if not self.reward_path:
+                raise ValueError("best-of-N needs a reward model to pick with, and this scorer has none")
+            self.picker = RewardModelScorer(self.cfg, self.reward_path)
+        return self.picker.score(batch)
 
     def run(self, buffer, poll_s: float = 0.05) -> dict[str, float]:
         """Score whatever the buffer has, as it arrives, until generation is done and nothing is left."""

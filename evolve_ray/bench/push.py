@@ -1,6 +1,8 @@
 """push: the trainer's weight push (evolve_ray.train.worker.push_weights: pack -> ray.put ->
 every generator's load_weights, as rank 0 runs it) into 1 and 2 live vLLM generators serving a
-model of that size, against copying the same bytes once in memory in the same process."""
+model of that size, against copying the same bytes once in memory in the same process; and the
+push of a LoRA adapter (training.lora: rank 16 on every projection) of the same model into a
+LoRA-enabled vLLM generator, against that model's full push."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from evolve_ray.bench.context import (
     wall,
 )
 from evolve_ray.bench.report import BenchResult, Figure, Goal
+from evolve_ray.config import Config
 from evolve_ray.sync.transport import WeightPayload, pack
 from evolve_ray.train.round_job import RoundJob
 from evolve_ray.train.worker import push_weights
@@ -29,6 +32,7 @@ from evolve_ray.train.worker import push_weights
 GOAL_FROM_PARAMS = 100e6  # the push goal applies at 100M parameters and above
 GOAL_RATIO = 2.5  # at most 2.5 copies of the same bytes, to one generator and to two
 REPS = 3
+LORA_RANK = 16  # the 8B LoRA recipe's (jobs/configs/llama8b_8gpu_lora.yaml), on its target modules
 
 
 def copy_seconds(payload: WeightPayload) -> float:
@@ -97,6 +101,8 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
         part.figures.append(
             Figure(f"push {params / 1e6:.0f}M params to {n} generator(s)", push_s, "s", copy_s, "1 copy", goal)
         )
+    full_push_s = part.figures[0].value
+    part.figures.append(adapter_push(ctx, cfg, label, full_push_s, part.settings))
     split = profiled_load(gens[0], state, version + 1)
     part.settings[f"{label}_load_split_s"] = split
     infos = ray.get([g.info.remote() for g in gens])
@@ -114,6 +120,59 @@ def push_size(ctx: BenchContext, label: str) -> BenchResult:
     return part
 
 
+def adapter_push(ctx: BenchContext, cfg: Config, label: str, full_push_s: float, settings: dict) -> Figure:
+    """The LoRA adapter's push (worker.push_weights with adapter=True: its PEFT files written as
+    rank 0 writes them, then pack, ray.put, and the generator's vLLM add_lora under a new name) into
+    one LoRA-enabled generator, beside the full push of the same model into one generator."""
+    from evolve_ray.models.loading import load_policy
+    from evolve_ray.models.lora import adapter_tensors, attach, save_adapter
+    from evolve_ray.train.parallel import trainable_state_dict
+
+    lora_cfg = ctx.config(
+        cfg.model.policy,
+        **{
+            "model.max_model_len": cfg.model.max_model_len,
+            "generation.kv_cache_mib": cfg.generation.kv_cache_mib,
+            "training.lora.rank": LORA_RANK,
+        },
+    )
+    gen = ctx.generator(lora_cfg, 9)
+    ray.get(gen.info.remote())
+    model = attach(load_policy(cfg.model.policy), lora_cfg.training.lora, None)
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():  # a trained adapter's B is not zero
+        if "lora_B" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.01
+    tensors = adapter_tensors(model, trainable_state_dict(model))
+    out = ctx.workdir / f"adapter-{label}"
+    save_adapter(model, tensors, out, base=cfg.model.policy)
+    version = 0
+
+    def push_once() -> float:
+        nonlocal version
+        version += 1
+        job = RoundJob(version - 1, [], [ray.put([gen])], str(out), "object_store", submitted_at=time.time())
+        seconds, lost, _ = push_weights(tensors, job, adapter=True)
+        if lost:
+            raise RuntimeError("the LoRA generator died during the push benchmark")
+        return seconds
+
+    if not ctx.smoke:
+        push_once()  # warm-up, as for the full push
+    push_s, samples = best_of(1 if ctx.smoke else REPS, push_once)
+    params = sum(t.numel() for t in tensors.values())
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    settings |= {
+        f"{label}_adapter_rank": LORA_RANK,
+        f"{label}_adapter_params": params,
+        f"{label}_adapter_bytes": nbytes,
+        f"{label}_adapter_push_s": [round(s, 4) for s in samples],
+    }
+    ray.kill(gen)
+    name = f"push LoRA r{LORA_RANK} adapter ({params / 1e6:.2f}M params, {nbytes / 1e6:.1f} MB) to 1 generator"
+    return Figure(name, push_s, "s", full_push_s, "full push")
+
+
 def run(ctx: BenchContext) -> BenchResult:
     result = BenchResult("push", settings={"transport": "object_store", "reps": 1 if ctx.smoke else REPS})
     for label in sizes(ctx):
@@ -127,6 +186,12 @@ def run(ctx: BenchContext) -> BenchResult:
     result.notes.append(
         "push = checkpoint_shapes + pack (numpy views of the tensors, no copy) + ray.put (one copy into shared "
         "memory) + each generator: zero-copy read, validate (shapes, NaN/inf), vLLM reload_weights; pack_s and "
-        "put_s are timed alone in settings; one untimed warm-up push per generator count"
+        "put_s are timed alone in settings; one untimed warm-up push per generator count",
+    )
+    result.notes.append(
+        f"adapter push = worker.push_weights(adapter=True) of a rank-{LORA_RANK} adapter on every projection "
+        "(float32, as checkpoints hold it): pack + ray.put + the LoRA generator's read, checks, PEFT files "
+        "written to its scratch directory and vLLM's add_lora under a new name; its peer is the same model's "
+        "full push into one generator"
     )
     return result

@@ -6,6 +6,11 @@ Each side lives in its own 2-CPU actor; after one warm-up round each (a fresh pr
 round pays one-off costs, reported apart), the two sides take turns
 (so drifting load hits both alike) and the fastest round of each counts. Tokens are the
 prompt+response tokens of the chosen and rejected sequences each side itself trained on.
+
+Then the same round with LoRA (training.lora: rank 16 on every projection, the 8B LoRA recipe's)
+against full fine-tuning of a 101M-parameter model (where weights, gradients and AdamW state
+outweigh the process's own ~0.5 GB), each in a fresh actor, taking turns the same way: tokens/s
+and peak memory (each actor's peak RSS, and that peak above the RSS it had before loading the model).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import ray
 import torch
 
-from evolve_ray.bench.context import GEN_SPEC, BenchContext, param_count, peak_rss_mb, synthetic_pairs
+from evolve_ray.bench.context import GEN_SPEC, PUSH_SPECS, BenchContext, param_count, peak_rss_mb, synthetic_pairs
 from evolve_ray.bench.report import BenchResult, Figure, Goal
 from evolve_ray.config import Config
 from evolve_ray.types import PreferencePair
@@ -28,6 +33,8 @@ PAIRS = 16  # 2 optimizer steps a round
 REPS = 3
 SETTINGS = {"training.loss": "dpo", "training.batch_size": 8}  # lr, beta, max_len: the config defaults
 CPUS = 2
+LORA_SETS = {"training.lora.rank": 16, "training.lora.alpha": 32}
+LORA_SPEC = "100M"  # PUSH_SPECS' model the LoRA comparison trains
 
 
 @ray.remote(num_cpus=CPUS)
@@ -35,15 +42,24 @@ class OursDPO:
     """The trainer's round on one process: the same `optimise` a Ray Train worker runs."""
 
     def __init__(self, cfg: Config, pairs: list[PreferencePair]) -> None:
-        from evolve_ray.models.loading import load_policy, load_tokenizer
+        import peft  # noqa: F401  # imported by both the full and the LoRA side: alike baselines
+        import psutil
+
+        from evolve_ray.models.loading import load_tokenizer
+        from evolve_ray.models.lora import split_policy
         from evolve_ray.train.batching import build_examples
+        from evolve_ray.train.parallel import load_trainable
         from evolve_ray.train.worker import Worker
 
+        # The process before the model: what training adds on top of it is what LoRA changes.
+        self.rss_before_model_mb = psutil.Process().memory_info().rss / 2**20
         torch.manual_seed(cfg.training.seed)
         tok = load_tokenizer(cfg.model.policy)
         self.examples = build_examples(pairs, tok, cfg.training)
         self.tokens = sum(len(s.ids) for ex in self.examples for p in ex.terms.values() for s in (p.chosen, p.rejected))
-        self.worker = Worker(cfg, load_policy(cfg.model.policy), None, tok, torch.device("cpu"), 0, 1, -1, ".")
+        model = load_trainable(cfg.model.policy, cfg)  # as a worker loads it: fp32, or LoRA's base and adapter
+        base = split_policy(cfg.model.policy)[0] if cfg.training.lora.rank else ""
+        self.worker = Worker(cfg, model, None, tok, torch.device("cpu"), 0, 1, -1, ".", base)
 
     def round(self) -> dict[str, float]:
         from evolve_ray.train.worker import optimise
@@ -58,7 +74,12 @@ class OursDPO:
         }
 
     def info(self) -> dict[str, float]:
-        return {"threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
+        peak = peak_rss_mb()
+        return {
+            "threads": torch.get_num_threads(),
+            "peak_rss_mb": peak,
+            "peak_above_start_mb": peak - self.rss_before_model_mb,
+        }
 
 
 @ray.remote(num_cpus=CPUS)
@@ -126,6 +147,23 @@ class TrlDPO:
         return {"threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
 
 
+def take_turns(
+    sides: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, list[dict[str, float]]], dict[str, dict[str, float]]]:
+    """A warm-up round each (a fresh process's one-off costs), then REPS rounds taking turns; the
+    actors are killed after. Returns (warm-up seconds, the rounds, info()) per side."""
+    warm = ray.get([s.round.remote() for s in sides.values()])
+    warmup = {name: r["seconds"] for name, r in zip(sides, warm, strict=True)}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for _ in range(REPS):
+        for name, side in sides.items():
+            runs[name].append(ray.get(side.round.remote()))
+    infos = {name: ray.get(side.info.remote()) for name, side in sides.items()}
+    for side in sides.values():
+        ray.kill(side)
+    return warmup, runs, infos
+
+
 def run(ctx: BenchContext) -> BenchResult:
     paths = ctx.model("gen", GEN_SPEC, reward=True)
     cfg = ctx.config(paths["policy"], paths["reward"], **SETTINGS)
@@ -133,17 +171,16 @@ def run(ctx: BenchContext) -> BenchResult:
     sides: dict[str, Any] = {"ours": OursDPO.remote(cfg, pairs)}  # type: ignore[attr-defined]  # a @ray.remote class
     if importlib.util.find_spec("trl") is not None:
         sides["trl"] = TrlDPO.remote(cfg, pairs)  # type: ignore[attr-defined]  # a @ray.remote class
-    warm = ray.get([s.round.remote() for s in sides.values()])  # a fresh process's first round: one-off costs
-    warmup = {name: r["seconds"] for name, r in zip(sides, warm, strict=True)}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
-    for _ in range(REPS):
-        for name, side in sides.items():
-            runs[name].append(ray.get(side.round.remote()))
+    warmup, runs, infos = take_turns(sides)
     best = {name: min(rs, key=lambda r: r["seconds"]) for name, rs in runs.items()}
-    infos = {name: ray.get(side.info.remote()) for name, side in sides.items()}
-    for side in sides.values():
-        ray.kill(side)
     tps = {name: b["tokens"] / b["seconds"] for name, b in best.items()}
+    # Two 2-CPU actors at a time (the bench cluster has 4 logical CPUs): LoRA against a fresh full side.
+    big = ctx.model(f"push-{LORA_SPEC}", PUSH_SPECS[LORA_SPEC])["policy"]
+    full_cfg, lora_cfg = ctx.config(big, **SETTINGS), ctx.config(big, **SETTINGS, **LORA_SETS)
+    _, lora_runs, lora_infos = take_turns(
+        {"full": OursDPO.remote(full_cfg, pairs), "lora": OursDPO.remote(lora_cfg, pairs)}  # type: ignore[attr-defined]
+    )
+    lora_tps = {k: max(r["tokens"] / r["seconds"] for r in rs) for k, rs in lora_runs.items()}
     t = cfg.training
     settings: dict[str, Any] = {
         "model_params_M": param_count(GEN_SPEC) / 1e6,
@@ -163,10 +200,31 @@ def run(ctx: BenchContext) -> BenchResult:
     }
     memory = {f"{name} actor": infos[name]["peak_rss_mb"] for name in sides}
     goal = Goal("ratio", ">=", 1.0)
+    rss = {k: info["peak_rss_mb"] for k, info in lora_infos.items()}
+    above = {k: info["peak_above_start_mb"] for k, info in lora_infos.items()}
+    n = f"{param_count(PUSH_SPECS[LORA_SPEC]) / 1e6:.0f}M"
+    lora = [
+        Figure(f"DPO tokens/s, {n} params, LoRA r16", lora_tps["lora"], "tok/s", lora_tps["full"], "full fine-tuning"),
+        Figure(f"trainer peak RSS, {n} params, LoRA r16", rss["lora"], "MB", rss["full"], "full fine-tuning"),
+        Figure(
+            f"trainer peak RSS above its start, {n} params, LoRA r16",
+            above["lora"],
+            "MB",
+            above["full"],
+            "full fine-tuning",
+        ),
+    ]
+    settings["lora"] = LORA_SETS | {
+        "model_params_M": round(param_count(PUSH_SPECS[LORA_SPEC]) / 1e6, 1),
+        "tokens_per_s": lora_tps,
+        "peak_rss_mb": rss,
+        "peak_above_start_mb": above,
+    }
+    memory |= {f"{name} actor (LoRA comparison)": mb for name, mb in rss.items()}
     if "trl" not in sides:
         return BenchResult(
             "train_step",
-            figures=[Figure("DPO training tokens/s", tps["ours"], "tok/s", goal=goal)],
+            figures=[Figure("DPO training tokens/s", tps["ours"], "tok/s", goal=goal), *lora],
             settings=settings,
             memory_mb=memory,
             notes=["TRL is not installed: `pip install -e .[bench]` (trl) to measure the peer"],
@@ -174,7 +232,7 @@ def run(ctx: BenchContext) -> BenchResult:
     settings["trl"]["version"] = importlib.metadata.version("trl")
     return BenchResult(
         "train_step",
-        figures=[Figure("DPO training tokens/s", tps["ours"], "tok/s", tps["trl"], "TRL DPOTrainer", goal)],
+        figures=[Figure("DPO training tokens/s", tps["ours"], "tok/s", tps["trl"], "TRL DPOTrainer", goal), *lora],
         settings=settings,
         memory_mb=memory,
         notes=[

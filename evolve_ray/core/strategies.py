@@ -1,8 +1,14 @@
-"""Inference strategies as pure planners: what to generate next, and which candidate is final.
+"""Inference strategies as pure planners: what to generate next, which candidate is final, and
+what it cost.
 
 A strategy is a grid of chains x turns. Turn 0 of a chain answers x directly; turn k+1 refines
 turn k under t(x, y_k), so it is requested only once turn k exists. Planning from the
 candidates that exist lets a half-done prompt resume where it stopped.
+
+Cost is counted in tokens processed per prompt: the prompt tokens every request reads (a
+refinement turn reads the question and the previous answer again) plus the tokens it generates.
+A token budget picks each strategy's N and K (`match_budget`) so that strategies compare at
+matched compute.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from evolve_ray.types import Candidate, ScoredCandidate, candidate_id
 
 Strategy = Literal["direct", "parallel", "chain", "parallel_chain", "vote"]
 STRATEGIES: tuple[str, ...] = ("direct", "parallel", "chain", "parallel_chain", "vote")
+# Picked by a score: the best of N chain finals. Evaluation picks with a reward model, never with the
+# verifier (that is pass@N, the answer key's pick, reported in its own column).
+BEST_OF_N: tuple[str, ...] = ("parallel", "parallel_chain")
+# The grid a token budget chooses N and K from: the bounds only keep the search finite (and a run's
+# evaluation bounded); a budget beyond them gets the largest point.
+BUDGET_MAX_SAMPLES = 32
+BUDGET_MAX_TURNS = 8
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,11 @@ def pick_finals(
 
 
 def final_metrics(
-    scored: list[ScoredCandidate], picks: dict[str, Candidate], correct: dict[str, bool] | None
+    scored: list[ScoredCandidate],
+    picks: dict[str, Candidate],
+    correct: dict[str, bool] | None,
+    *,
+    oracle: bool = False,
 ) -> dict[str, float]:
     """What a strategy's picked answers are worth, and what they cost.
 
@@ -159,10 +176,13 @@ def final_metrics(
         scored: every candidate generated for the prompts (all chains, all turns), with scores.
         picks: prompt id -> the picked final (from `pick_finals`).
         correct: candidate id -> verifier verdict (verifiable tasks), else None.
+        oracle: also report pass@N (with `correct`): the share of prompts where any chain's final
+            is right, which is what a pick by the answer key would score. Not a strategy's figure.
 
     Returns:
-        final_score (mean valid score of the picks), tokens_per_prompt (every generated token,
-        all chains and turns, over the prompts) and, with `correct`, final_accuracy.
+        final_score (mean valid score of the picks), tokens_per_prompt (every generated token, all
+        chains and turns, over the prompts), prompt_tokens_per_prompt (every prompt token those
+        requests read) and, with `correct`, final_accuracy (and final_oracle_accuracy).
     """
     if not picks:
         raise ValueError("final_metrics: no prompts")
@@ -171,7 +191,85 @@ def final_metrics(
     out = {
         "final_score": sum(valid) / len(valid) if valid else math.nan,
         "tokens_per_prompt": sum(sc.candidate.num_tokens for sc in scored) / len(picks),
+        "prompt_tokens_per_prompt": sum(sc.candidate.prompt_tokens for sc in scored) / len(picks),
     }
     if correct is not None:
         out["final_accuracy"] = sum(correct[c.id] for c in picks.values()) / len(picks)
+        if oracle:
+            solved = {sc.candidate.prompt_id for sc in _finals_by_prompt(scored) if correct[sc.candidate.id]}
+            out["final_oracle_accuracy"] = len(solved & set(picks)) / len(picks)
     return out
+
+
+def _finals_by_prompt(scored: list[ScoredCandidate]) -> list[ScoredCandidate]:
+    """The last turn of every chain of every prompt."""
+    by_prompt: dict[str, list[ScoredCandidate]] = {}
+    for sc in scored:
+        by_prompt.setdefault(sc.candidate.prompt_id, []).append(sc)
+    return [f for scs in by_prompt.values() for f in _finals(scs)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Matched compute
+
+
+def turn_costs(cands: list[Candidate]) -> tuple[float, float]:
+    """Mean tokens processed (prompt + generated) by a first answer and by a refinement turn.
+
+    Args:
+        cands: candidates of at least one chain with turns >= 1 (e.g. the round's greedy chain).
+
+    Returns:
+        (first answer's cost, refinement turn's cost) in tokens.
+    """
+    first = [c.prompt_tokens + c.num_tokens for c in cands if c.turn == 0]
+    refine = [c.prompt_tokens + c.num_tokens for c in cands if c.turn > 0]
+    if not first or not refine:
+        raise ValueError("turn_costs: needs first answers and refinement turns")
+    return sum(first) / len(first), sum(refine) / len(refine)
+
+
+def estimated_cost(strategy: Strategy, num_samples: int, turns: int, *, first: float, refine: float) -> float:
+    """Tokens processed per prompt of a strategy's grid: chains x (first answer + K refinements)."""
+    chains, per_chain = chain_grid(strategy, num_samples=num_samples, turns=turns)
+    return chains * (first + (per_chain - 1) * refine)
+
+
+def budget_grid(strategy: Strategy) -> list[tuple[int, int]]:
+    """The (N, K) points a budget may give a strategy, each still that strategy: parallel ones
+    sample N >= 2, chain ones refine K >= 1; direct has its one point."""
+    ns = range(2, BUDGET_MAX_SAMPLES + 1)
+    ks = range(1, BUDGET_MAX_TURNS + 1)
+    grids = {
+        "direct": [(1, 0)],
+        "parallel": [(n, 0) for n in ns],
+        "chain": [(1, k) for k in ks],
+        "parallel_chain": [(n, k) for n in ns for k in ks],
+        "vote": [(n, k) for n in ns for k in ks],
+    }
+    return grids[strategy]
+
+
+def match_budget(
+    strategy: Strategy, budget: float, *, first: float, refine: float, preferred_turns: int
+) -> tuple[int, int]:
+    """The (N, K) of `budget_grid` whose estimated cost is closest to `budget` tokens per prompt.
+
+    Ties (several grid points as close) go to the K nearest `preferred_turns`, then to fewer chains.
+
+    Args:
+        strategy: one of STRATEGIES.
+        budget: tokens processed per prompt (prompt + generated).
+        first, refine: `turn_costs` of a first answer and of a refinement turn.
+        preferred_turns: K when several points fit equally (run.eval_turns).
+
+    Returns:
+        (N, K).
+    """
+
+    def key(point: tuple[int, int]) -> tuple[float, int, int]:
+        n, k = point
+        gap = abs(estimated_cost(strategy, n, k, first=first, refine=refine) - budget)
+        return (round(gap, 9), abs(k - preferred_turns), n)
+
+    return min(budget_grid(strategy), key=key)

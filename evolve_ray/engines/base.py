@@ -41,6 +41,11 @@ class Engine(Protocol):
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
 
+    def load_adapter(self, path: str, name: str) -> None:
+        """Serve the LoRA adapter at `path` (PEFT format) from now on, in place of the previous one,
+        under a new name built from `name` (a name is never reused: no stale cached prefixes)."""
+        ...
+
 
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes from a checkpoint's safetensors headers (no tensor is read)."""

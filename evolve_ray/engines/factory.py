@@ -17,9 +17,13 @@ def resolve_backend(requested: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
-def make_engine(cfg: Config, model_path: str) -> Engine:
+def make_engine(cfg: Config, model_path: str, *, lora_rank: int = 0) -> Engine:
+    """The engine serving `model_path` (a full model), reading and writing text with model.tokenizer
+    when it is set (the same tokenizer the prompts are built with), else the model's own.
+    lora_rank > 0: ready to serve LoRA adapters up to that rank (Engine.load_adapter)."""
     backend = resolve_backend(cfg.generation.backend)
     m, g = cfg.model, cfg.generation
+    tokenizer = m.tokenizer or model_path
     if backend == "vllm":
         from evolve_ray.engines.vllm_engine import VLLMEngine
 
@@ -32,7 +36,9 @@ def make_engine(cfg: Config, model_path: str) -> Engine:
             tensor_parallel_size=g.tensor_parallel_size,
             seed=g.seed,
             trust_remote_code=m.trust_remote_code,
+            tokenizer=tokenizer,
+            max_lora_rank=lora_rank,
         )
     from evolve_ray.engines.hf_engine import TransformersEngine
 
-    return TransformersEngine(model_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+    return TransformersEngine(model_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code, tokenizer=tokenizer)

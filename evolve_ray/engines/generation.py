@@ -110,8 +110,9 @@ class GenerationRunner:
                     strategy=st.strategy,
                     num_tokens=len(o.token_ids),
                     finish_reason=o.finish_reason,
+                    prompt_tokens=len(ids),
                 )
-                for r, o in zip(plan.requests, outs, strict=True)
+                for r, o, ids in zip(plan.requests, outs, plan.token_ids, strict=True)
             ]
             st.add(cands)
             tokens += sum(c.num_tokens for c in cands)

@@ -1,4 +1,8 @@
-"""transformers backend: the same interface as the vLLM one, for where vLLM does not import."""
+"""transformers backend: the same interface as the vLLM one, for where vLLM does not import.
+
+LoRA adapters are served through peft: the base wrapped once in a PeftModel, each new adapter
+loaded under a new name and made active, the previous one deleted.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from evolve_ray.models.loading import load_policy, load_tokenizer
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, model_path: str, *, dtype: str, trust_remote_code: bool) -> None:
+    def __init__(self, model_path: str, *, dtype: str, trust_remote_code: bool, tokenizer: str | None = None) -> None:
         self.model = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code).eval()
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+        # model.tokenizer when set: its EOS ends a response and it decodes the text, as it built the prompt.
+        self.tokenizer = load_tokenizer(tokenizer or model_path, trust_remote_code=trust_remote_code)
+        self._adapter_loads = 0
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[GenOutput]:
@@ -42,3 +48,17 @@ class TransformersEngine:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(weights, strict=True)
+
+    def load_adapter(self, path: str, name: str) -> None:
+        from peft import PeftModel
+
+        self._adapter_loads += 1
+        name = f"{name}-{self._adapter_loads}"
+        if not isinstance(self.model, PeftModel):
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+            return
+        previous = self.model.active_adapter
+        self.model.load_adapter(path, adapter_name=name)
+        self.model.set_adapter(name)
+        self.model.delete_adapter(previous)
+        self.model.eval()

@@ -33,6 +33,16 @@ def check_model_path(name: str, *, what: str, trust_remote_code: bool = False) -
     looks_local = p.is_absolute() or name.startswith((".", "~")) or p.exists()
     if looks_local and not p.exists():
         raise ModelLoadError(f"{what}: path does not exist: {name}")
+    if looks_local and (p / "adapter_config.json").is_file():  # a LoRA checkpoint: its adapter, then its base
+        from evolve_ray.models.lora import ADAPTER_WEIGHTS, adapter_base
+
+        if not (p / ADAPTER_WEIGHTS).is_file():
+            raise ModelLoadError(f"{what}: {name} is a LoRA adapter without its weights ({ADAPTER_WEIGHTS})")
+        base = adapter_base(name)
+        check_model_path(
+            base, what=f"{what} (the base of the LoRA adapter {name})", trust_remote_code=trust_remote_code
+        )
+        return
     if looks_local and not (p / "config.json").is_file():
         raise ModelLoadError(f"{what}: {name} is not a model directory (no config.json)")
     if looks_local and not any(p.glob("*.safetensors")):

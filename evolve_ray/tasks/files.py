@@ -3,12 +3,16 @@
 Row formats: chat (a `prompt` string, or `messages` whose first user turn is the prompt), alpaca
 (instruction + optional input; `output` is a reference, not checkable), gsm8k (question + an
 answer ending in '#### <number>'; verifiable), columns (named prompt/answer columns; verifiable
-when an answer column is named), auto (picked from the columns present).
+when an answer column is named), auto (picked from the columns present: `prompt` beside `answer`
+reads as columns with that answer checked, never as chat with the answer dropped).
 
 A row that cannot become a prompt is skipped and counted under one reason (`SKIP_REASONS`), with
 its line number in the log, so one bad line never costs the whole file. JSON is parsed here
 rather than by `datasets` for that reason; parquet, csv and tsv files and hub ids go through `datasets`
-(csv/tsv: the first line names the columns, so row n is line n + 1).
+(csv/tsv: the first line names the columns, so row n is line n + 1), whose Arrow cache goes to a
+temporary directory removed once the rows are read, not ~/.cache (a run writes only its run
+directory), unless HF_DATASETS_CACHE names a place. A hub dataset's files are downloaded to the
+Hugging Face hub cache, as hub models are.
 
 Splits: the valid rows are shuffled with the seed; the last `eval_prompts` form 'eval', the rest
 serve 'train' and 'round' in that order, wrapping around when exhausted. Pure module: no ray.
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -105,8 +111,11 @@ def _read_json_array(data: bytes, source: str) -> list[tuple[int, Any]]:
 def _load_with_datasets(source: str, split: str = "train", **kwargs: Any) -> list[tuple[int, Any]]:
     import datasets  # lazy: a second of import time that arith runs never need
 
-    ds = datasets.load_dataset(source, split=split, **kwargs)
-    return [(n, row) for n, row in enumerate(ds, 1)]
+    if "HF_DATASETS_CACHE" in os.environ:  # the user chose where datasets keeps its cache
+        return [(n, row) for n, row in enumerate(datasets.load_dataset(source, split=split, **kwargs), 1)]
+    with tempfile.TemporaryDirectory(prefix="evolve-ray-datasets-") as cache:
+        ds = datasets.load_dataset(source, split=split, cache_dir=cache, **kwargs)
+        return [(n, row) for n, row in enumerate(ds, 1)]
 
 
 def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
@@ -159,6 +168,8 @@ def detect_format(columns: set[str], prompt_column: str) -> str:
         return "gsm8k"
     if "instruction" in columns:
         return "alpaca"
+    if {prompt_column, "answer"} <= columns:  # a reference answer to check, not to drop as chat would
+        return "columns"
     if "prompt" in columns or "messages" in columns:
         return "chat"
     if prompt_column in columns:
@@ -310,9 +321,12 @@ class FileTask:
         if not any(isinstance(row, dict) for _, row in rows):  # nothing to detect a format from
             failures = [(reason, n, detail) for n, row in rows for reason, detail in [_failure(row)]]
             raise UserError(_no_valid_rows(path, unit, format, failures))
-        if format == "auto":
+        detected = format == "auto"
+        if detected:
             columns = {k for _, row in rows if isinstance(row, dict) for k in row}
             format = detect_format(columns, prompt_column)
+            if format == "columns" and not answer_column and "answer" in columns:
+                answer_column = "answer"
             log.info("%s: detected format %r from columns %s", path, format, sorted(columns))
         self.format = format
         self.verifiable = format == "gsm8k" or (format == "columns" and bool(answer_column))
@@ -320,7 +334,13 @@ class FileTask:
         self.skipped: dict[str, int] = dict(Counter(reason for reason, _, _ in failures))
         _log_skips(path, unit, failures, len(valid))
         if not valid:
-            raise UserError(_no_valid_rows(path, unit, format, failures))
+            hint = (
+                f" (detected from the {prompt_column} and {answer_column} columns, whose answers are checked as "
+                "numbers; set data.format=chat to read the prompts without them)"
+                if detected and format == "columns" and answer_column
+                else ""
+            )
+            raise UserError(_no_valid_rows(path, unit, format, failures) + hint)
         random.Random(seed).shuffle(valid)
         k = min(eval_prompts, len(valid) - 1)
         if k < eval_prompts:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 from evolve_ray.config import DataConfig
 from evolve_ray.errors import UserError
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.tasks.base import Task
 from evolve_ray.tasks.files import FileTask
 
-TASKS = ("arith", "file")
+TASKS: tuple[str, ...] = typing.get_args(typing.get_type_hints(DataConfig)["task"])  # the schema's names
 
 
 def make_task(data: DataConfig, *, max_prompt_chars: int | None = None) -> Task:

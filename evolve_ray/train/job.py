@@ -4,6 +4,12 @@
 one `RoundJob` per round from a small coordinator actor and hand their metrics back to it.
 `train_round` blocks until a round is trained, saved and pushed, and raises `TrainerError` (not
 a hang) if the worker group dies for good.
+
+Ray Train retries a worker group it cannot place without end (its 60-second start-up timeout,
+again and again): a group not started within `cluster.placement_timeout_s` of `start()` ends the
+run with one line naming what it asked for (`TrainerUnplaced`). A callback in Ray Train's
+controller (`GroupWatch`) tells the coordinator when the group started and hands it the
+controller's handle, so that a group that never starts, or a run that stops, is ended at once.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from typing import Any
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evolve_ray.config import Config
+from evolve_ray.errors import UserError
 from evolve_ray.train.round_job import RoundJob
 from evolve_ray.train.worker import train_loop_per_worker
 from evolve_ray.types import PreferencePair
@@ -31,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 class TrainerError(RuntimeError):
     """The worker group failed (after any restarts FailureConfig allowed)."""
+
+
+class TrainerUnplaced(UserError):
+    """The cluster did not place and start the worker group within cluster.placement_timeout_s."""
 
 
 @ray.remote(num_cpus=0)
@@ -49,6 +61,8 @@ class TrainCoordinator:
         self.completed: tuple[int, str, dict[str, Any]] | None = None  # (round, checkpoint dir, metrics)
         self.stopped = False
         self.first_request: float | None = None
+        self.group_started: float | None = None  # when Ray Train last started the worker group
+        self.controller: list[Any] = []  # Ray Train's controller actor, once it runs
         self.changed = asyncio.Condition()
 
     async def _notify(self) -> None:
@@ -113,6 +127,30 @@ class TrainCoordinator:
     def started_at(self) -> float | None:
         return self.first_request
 
+    def controller_running(self, handle: list[Any]) -> None:
+        self.controller = handle
+
+    def worker_group_started(self) -> None:
+        self.group_started = time.time()
+
+    def placement(self) -> tuple[float | None, list[Any]]:
+        """(when the worker group started, or None; the controller's handle in a list, or [])."""
+        return self.group_started, self.controller
+
+
+class GroupWatch(ControllerCallback, WorkerGroupCallback):
+    """Runs in Ray Train's controller: hands the coordinator the controller's handle and the time
+    the worker group started (no waiting on the reply: the controller's loop is async)."""
+
+    def __init__(self, coordinator: Any) -> None:
+        self.coordinator = coordinator
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        self.coordinator.controller_running.remote([ray.get_runtime_context().current_actor])
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        self.coordinator.worker_group_started.remote()
+
 
 class RunTrainer(TorchTrainer):
     """`TorchTrainer` without two of Ray Train's default callbacks this trainer has no use for.
@@ -158,6 +196,7 @@ class TrainerGroup:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._launched_at = 0.0
+        self._started = False  # the worker group started (GroupWatch said so)
 
     def checkpoint_dir(self, round_: int) -> Path:
         return self.run_dir / "checkpoints" / f"r{round_:03d}"
@@ -186,6 +225,7 @@ class TrainerGroup:
                 storage_path=str(self.run_dir / "ray_train"),
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[GroupWatch(self.coordinator)],  # type: ignore[list-item]  # v2 takes any RayTrainCallback
             ),
         )
         self._launched_at = time.time()
@@ -239,6 +279,7 @@ class TrainerGroup:
             ready, _ = ray.wait([ref], timeout=1.0)
             if ready:
                 return ray.get(ref)
+            self.check_started()
             if not self._thread.is_alive():
                 ready, _ = ray.wait([ref], timeout=1.0)
                 if ready:
@@ -246,21 +287,62 @@ class TrainerGroup:
                 cause = self._error or RuntimeError("the training loop returned early")
                 raise TrainerError(f"trainer failed during {what}: {type(cause).__name__}: {cause}") from cause
 
+    def check_started(self) -> None:
+        """Raise `TrainerUnplaced` (one line) once the worker group has not started within
+        cluster.placement_timeout_s of `start()`. Cheap until then: no remote call."""
+        timeout = self.cfg.cluster.placement_timeout_s
+        if self._started or self._thread is None or time.time() - self._launched_at < timeout:
+            return
+        self._started = ray.get(self.coordinator.placement.remote(), timeout=30)[0] is not None
+        if self._started:
+            return
+        t = self.cfg.training
+        each = {"CPU": t.cpus_per_worker} | ({"GPU": 1.0} if t.use_gpu else {})
+        free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        raise TrainerUnplaced(
+            f"the trainer group ({t.num_workers} workers x {each}) was not placed and started within "
+            f"cluster.placement_timeout_s={timeout:g} s: the cluster has {free} free of {total}, with the run's "
+            "generators and scorers placed; lower training.num_workers or cpus_per_worker, free the cluster's "
+            "resources, or add nodes"
+        )
+
+    def _kill_controller(self, wait_s: float = 10.0) -> bool:
+        """Kill Ray Train's controller (its workers and placement group go with it). Its handle
+        comes from GroupWatch once the controller runs: waited for up to `wait_s` (a controller
+        not yet running then ends with the driver's job)."""
+        assert self._thread is not None
+        deadline = time.time() + wait_s
+        while self._thread.is_alive() and time.time() < deadline:
+            _, controller = ray.get(self.coordinator.placement.remote(), timeout=30)
+            if controller:
+                ray.kill(controller[0], no_restart=True)
+                return True
+            time.sleep(0.5)
+        return False
+
     def stop(self) -> None:
         """Ask the workers to stop once no job is pending, without waiting: the group's teardown
         then overlaps whatever the driver does next (`shutdown` waits for it)."""
         if self._thread is not None:
             ray.get(self.coordinator.stop.remote())
 
-    def shutdown(self, timeout_s: float = 120.0) -> None:
-        """Ask the workers to stop, wait for fit() to return, drop the coordinator."""
+    def shutdown(self, timeout_s: float = 120.0, *, abort: bool = False) -> None:
+        """Ask the workers to stop, wait for fit() to return, drop the coordinator. With `abort`, or
+        when the group never started (its workers would never see the stop), Ray Train's controller
+        is killed instead: its workers and placement group go with it."""
         if self._thread is None:
             return
         ray.get(self.coordinator.stop.remote())
+        started, _ = ray.get(self.coordinator.placement.remote(), timeout=30)
+        killed = False
+        if abort or started is None:
+            killed = self._kill_controller()
+            timeout_s = 10.0  # fit() returns once it sees its controller gone
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             logger.warning("trainer did not stop within %.0f s", timeout_s)
         ray.kill(self.coordinator)
         self._thread = None
-        if self._error is not None:
+        if self._error is not None and not killed:
             logger.warning("trainer ended with an error: %s", self._error)

@@ -9,6 +9,10 @@ checkpoint is stored in (in bf16, a small AdamW update rounds away: at lr 5e-7 o
 0.5% of the shipped policy's parameters in bf16 against 91.8% in fp32). training.bf16 makes the
 compute bf16 (FSDP2 MixedPrecisionPolicy here, autocast under DDP in train/step.py); checkpoints
 and weight pushes are written in the inference dtype, model.dtype.
+
+LoRA (training.lora.rank > 0): the base is frozen and held in the compute dtype, the adapter is
+the float32 master (models/lora.py); the fixed reference is the same model with its adapter
+switched off (`AdapterOff`), so no second model is held; and only the adapter is gathered.
 """
 
 from __future__ import annotations
@@ -27,14 +31,54 @@ from transformers import PreTrainedModel
 
 from evolve_ray.config import Config, TrainingConfig
 from evolve_ray.models.loading import DTYPES, load_policy
+from evolve_ray.models.lora import attach, split_policy
 
 Metrics = dict[str, float]
 
 
+def compute_dtype(cfg: TrainingConfig) -> str:
+    return "bfloat16" if cfg.bf16 else "float32"
+
+
 def load_trainable(path: str, cfg: Config) -> PreTrainedModel:
-    """The policy to train, in float32 (the master weights; AdamW keeps its state in their dtype),
-    whatever dtype the checkpoint at `path` is stored in."""
-    return load_policy(path, dtype="float32", trust_remote_code=cfg.model.trust_remote_code)
+    """The policy to train, whatever dtype the checkpoint at `path` is stored in.
+
+    Full fine-tuning: every weight in float32 (the master weights; AdamW keeps its state in their
+    dtype). LoRA: the base frozen in the compute dtype (every matmul reads it in that dtype anyway)
+    under a float32 adapter, new or, when `path` is a LoRA checkpoint, the saved one on its base.
+    """
+    trc = cfg.model.trust_remote_code
+    if not cfg.training.lora.rank:
+        return load_policy(path, dtype="float32", trust_remote_code=trc)
+    base, adapter = split_policy(path)
+    model = load_policy(base, dtype=compute_dtype(cfg.training), trust_remote_code=trc)
+    return cast(PreTrainedModel, attach(model, cfg.training.lora, adapter))  # a PeftModel forwards the rest
+
+
+class AdapterOff(torch.nn.Module):
+    """The base under a LoRA policy: the policy's own forward with its adapter switched off.
+
+    The fixed reference of a LoRA run (the run starts from the base: a new adapter is zero), at no
+    memory cost. `policy` is the unwrapped model (FSDP2 shards in place, so this is still the
+    sharded module). A registered child: eval()/train() and `reshard` reach the policy.
+
+    peft's disable_adapter() also turns the adapter's requires_grad off while it lasts. FSDP2 reads
+    requires_grad at its first forward to fix each group's gradient reduce dtype: a first forward
+    in here (the fixed reference runs first) left the adapter's gradients in bf16, refused by its
+    fp32 parameters at the first backward. So the flags are set back for the forward, which runs
+    under no_grad (frozen log-probs) and so records nothing either way.
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.adapter = [p for p in policy.parameters() if p.requires_grad]
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        with self.policy.disable_adapter():  # type: ignore[operator]  # a PeftModel's context manager
+            for p in self.adapter:
+                p.requires_grad_(True)
+            return self.policy(*args, **kwargs)
 
 
 def load_reference(path: str, cfg: Config) -> PreTrainedModel:
@@ -49,8 +93,7 @@ def load_reference(path: str, cfg: Config) -> PreTrainedModel:
     float16 copy under bf16 compute would round twice, and under fp32 compute it would make the
     first step's margins bf16/fp16 rounding noise.
     """
-    dtype = "bfloat16" if cfg.training.bf16 else "float32"
-    model = load_policy(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_policy(path, dtype=compute_dtype(cfg.training), trust_remote_code=cfg.model.trust_remote_code)
     return model.requires_grad_(False)
 
 
@@ -128,6 +171,17 @@ def full_state_dict(model: torch.nn.Module, cfg: TrainingConfig) -> dict[str, Te
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return cast(dict[str, Tensor], state)
     return {k: v.detach() for k, v in unwrap(model).state_dict().items()}
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters' whole values on the CPU, by their names in the unwrapped model
+    (LoRA: the adapter, never the frozen base). Collective under FSDP (every rank calls it and
+    gets the full values; one all-gather per tensor, a few hundred small ones for an 8B model)."""
+    out = {}
+    for name, p in unwrap(model).named_parameters():
+        if p.requires_grad:
+            out[name] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
+    return out
 
 
 def inference_state(state: dict[str, Tensor], dtype: str) -> dict[str, Tensor]:

@@ -2,7 +2,8 @@
 
 The worker group starts once (~20 s on CPU) and then loops: pull the next round's job from the
 coordinator actor, compute frozen log-probs, optimise, save a Hugging Face checkpoint, push the
-weights to every generator, report. A None job ends the loop. After a restart by Ray Train
+weights to every generator, report (with LoRA the checkpoint and the push are the adapter alone,
+in PEFT format, naming its base). A None job ends the loop. After a restart by Ray Train
 (FailureConfig) it resumes from the last reported checkpoint, a small JSON that names the
 round and the Hugging Face checkpoint directory (the weights are not copied twice).
 """
@@ -29,15 +30,19 @@ from transformers import PreTrainedModel
 
 from evolve_ray.config import Config
 from evolve_ray.engines.base import checkpoint_shapes
+from evolve_ray.errors import UserError
 from evolve_ray.models.loading import load_tokenizer
+from evolve_ray.models.lora import ADAPTER_CONFIG, adapter_tensors, base_record, is_adapter, save_adapter, split_policy
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
 from evolve_ray.train.parallel import (
+    AdapterOff,
     full_state_dict,
     inference_state,
     load_reference,
     load_trainable,
     param_checksum,
+    trainable_state_dict,
     unwrap,
     wrap_model,
 )
@@ -62,6 +67,7 @@ class Worker:
     world_size: int
     last_done: int
     run_dir: str  # the run directory: the resume record names the checkpoint relative to it
+    lora_base: str = ""  # LoRA: the base model the adapter trains on (its checkpoints name it); "" otherwise
 
 
 def resume_point(start_model: str, coordinator: Any, run_dir: str) -> tuple[int, str, dict[str, Any]]:
@@ -95,16 +101,31 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     device = ray.train.torch.get_device()
     last_done, policy_path, last_metrics = resume_point(config["start_model"], config["coordinator"], config["run_dir"])
     torch.manual_seed(cfg.training.seed)
-    # float32 masters whatever model.dtype is (train/parallel.py); training.bf16 sets the compute dtype.
+    # float32 masters whatever model.dtype is (train/parallel.py; with LoRA the adapter's, over a
+    # frozen base in the compute dtype); training.bf16 sets the compute dtype.
     model = wrap_model(load_trainable(policy_path, cfg), cfg.training, device, trainable=True)
     reference: torch.nn.Module | None = None
     if cfg.training.reference == "fixed" and cfg.training.loss != "sft":
-        reference = load_reference(config["reference_model"], cfg)
-        reference = wrap_model(reference, cfg.training, device, trainable=False).eval()
+        reference = fixed_reference(config["reference_model"], model, cfg, device)
     tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    worker = Worker(cfg, model, reference, tokenizer, device, rank, world, last_done, config["run_dir"])
+    base = split_policy(policy_path)[0] if cfg.training.lora.rank else ""
+    worker = Worker(cfg, model, reference, tokenizer, device, rank, world, last_done, config["run_dir"], base)
     return worker, last_metrics
+
+
+def fixed_reference(path: str, model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """training.reference=fixed: the model at `path` (the run's start), frozen; with LoRA the
+    policy itself with its adapter off, which is the start only when the run began from a full
+    model (a new adapter is zero)."""
+    if not cfg.training.lora.rank:
+        return wrap_model(load_reference(path, cfg), cfg.training, device, trainable=False).eval()
+    if is_adapter(path):
+        raise UserError(
+            f"training.reference=fixed with training.lora scores against the base with the adapter off, but the "
+            f"run starts from the adapter {path}: start from a full model (evolve-ray export --format merged)"
+        )
+    return AdapterOff(unwrap(model)).eval()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -134,13 +155,7 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     history, checksums, facts = optimise(w, examples, job.round, submitted_at=job.submitted_at)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    state = full_state_dict(w.model, tcfg)  # collective under FSDP; the fp32 masters
-    sync_s, lost, reached = 0.0, 0, 0
-    if w.rank == 0:
-        # Cast once, for the checkpoint and the push alike: both are in the inference dtype.
-        state = inference_state(state, w.cfg.model.dtype)
-        save_checkpoint(w, state, job.checkpoint_dir)
-        sync_s, lost, reached = push_weights(state, job)
+    sync_s, lost, reached = save_and_push(w, job)
     metrics = (
         round_metrics(history, len(examples))
         | facts
@@ -237,6 +252,33 @@ def round_metrics(history: list[dict[str, float]], num_examples: int) -> dict[st
     return out
 
 
+def save_and_push(w: Worker, job: RoundJob) -> tuple[float, int, int]:
+    """Gather the trained weights (collective under FSDP), then rank 0 saves the round's checkpoint
+    and pushes it: the whole model in the inference dtype, or with LoRA only the adapter.
+    Returns push_weights' (seconds, generators lost, generators reached); zeros on other ranks."""
+    if w.lora_base:
+        state = trainable_state_dict(w.model)  # the adapter alone: the frozen base is never gathered
+        if w.rank != 0:
+            return 0.0, 0, 0
+        tensors = adapter_tensors(unwrap(w.model), state)  # type: ignore[arg-type]  # a PeftModel
+        save_lora_checkpoint(w, tensors, job.checkpoint_dir)
+        return push_weights(tensors, job, adapter=True)
+    state = full_state_dict(w.model, w.cfg.training)  # the fp32 masters
+    if w.rank != 0:
+        return 0.0, 0, 0
+    # Cast once, for the checkpoint and the push alike: both are in the inference dtype.
+    state = inference_state(state, w.cfg.model.dtype)
+    save_checkpoint(w, state, job.checkpoint_dir)
+    return push_weights(state, job)
+
+
+def save_lora_checkpoint(w: Worker, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """The adapter in PEFT format (float32) naming its base, and the tokenizer (models/lora.py)."""
+    base = base_record(w.lora_base, path, w.run_dir)
+    save_adapter(unwrap(w.model), tensors, path, base=base)  # type: ignore[arg-type]  # a PeftModel
+    w.tokenizer.save_pretrained(path)
+
+
 def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> None:
     """Hugging Face format (safetensors + tokenizer): loadable by transformers and vLLM.
 
@@ -252,8 +294,9 @@ def save_checkpoint(w: Worker, state: dict[str, torch.Tensor], path: str) -> Non
     w.tokenizer.save_pretrained(path)
 
 
-def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> tuple[float, int, int]:
+def push_weights(state: dict[str, torch.Tensor], job: RoundJob, *, adapter: bool = False) -> tuple[float, int, int]:
     """Put the new weights in the object store once; every generator loads them as version round+1.
+    `adapter`: `state` is a LoRA adapter (PEFT names), saved with its config in the checkpoint.
 
     Returns (seconds, generators lost, generators that now serve the new version). A generator that died since the pairs were handed over
     (killed, its node gone) is skipped and counted, not fatal: the driver replaces it with one
@@ -261,12 +304,16 @@ def push_weights(state: dict[str, torch.Tensor], job: RoundJob) -> tuple[float, 
     if not job.generators:
         return 0.0, 0, 0
     t0 = time.perf_counter()
-    saved = checkpoint_shapes(job.checkpoint_dir)  # the names vLLM expects (tied weights saved once)
-    missing = sorted(set(saved) - set(state))
-    if missing:
-        raise RuntimeError(f"checkpoint names not in the model's state dict: {missing[:5]}")
     version = job.round + 1
-    payload = pack({k: state[k] for k in saved}, version=version, transport=job.transport, path=job.checkpoint_dir)
+    if adapter:
+        config = (Path(job.checkpoint_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8")
+        payload = pack(state, version=version, transport=job.transport, path=job.checkpoint_dir, adapter_config=config)
+    else:
+        saved = checkpoint_shapes(job.checkpoint_dir)  # the names vLLM expects (tied weights saved once)
+        missing = sorted(set(saved) - set(state))
+        if missing:
+            raise RuntimeError(f"checkpoint names not in the model's state dict: {missing[:5]}")
+        payload = pack({k: state[k] for k in saved}, version=version, transport=job.transport, path=job.checkpoint_dir)
     ref = ray.put(payload)
     calls = [g.load_weights.remote(ref) for g in ray.get(job.generators[0])]
     served, lost = [], 0

@@ -21,8 +21,10 @@ def _engine_env(tmp_path_factory: pytest.TempPathFactory) -> None:
 def ray_cluster(_engine_env: None) -> Iterator[None]:
     import ray
 
-    # Logical CPUs are a scheduling budget, not cores: 4 lets generators, a scorer and two
-    # train workers co-exist on a 2-core machine (docs/platform.md: they must add up).
+    # The session's cluster stands in for an existing cluster that in-process runs join, with 4
+    # logical CPUs (a scheduling budget, not cores): room for two generators, a scorer and two
+    # train workers on a 2-core machine. A run the CLI starts sizes its own local cluster
+    # (control.local_cpus); tests/ray/test_scale.py and test_sigterm.py run it that way.
     # address="local": a fresh cluster even when another (`ray start`) runs on this machine.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield

@@ -1,4 +1,5 @@
-"""`evolve-ray bench --only push` (smallest size, one generator, one rep) on the session's cluster."""
+"""`evolve-ray bench --only push` (smallest size, one generator, one rep) on the session's cluster:
+the full push and, beside it, the push of a LoRA adapter of the same model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_bench_push_smoke_writes_the_ratio_to_a_copy_measured_in_the_same_run(ra
     doc = json.loads(out.read_text())
     (push,) = doc["benchmarks"]
     assert push["name"] == "push" and push["error"] == ""
-    (fig,) = push["figures"]  # 10M parameters into 1 generator
+    fig, adapter = push["figures"]  # 10M parameters into 1 generator; its rank-16 adapter into a LoRA one
     assert fig["peer_name"] == "1 copy" and fig["value"] > 0 and fig["peer"] > 0
     assert fig["ratio"] == pytest.approx(fig["value"] / fig["peer"])
     assert fig["goal"] is None  # the push goal starts at 100M parameters
@@ -31,3 +32,8 @@ def test_bench_push_smoke_writes_the_ratio_to_a_copy_measured_in_the_same_run(ra
     assert doc["machine"]["cpu_count"] >= 1 and doc["versions"]["vllm"] != "not installed"
     assert len(doc["load_avg_start"]) == 3
     assert "| push | push 11M params to 1 generator(s) |" in (tmp_path / "bench.md").read_text()
+    # The adapter: 10 blocks x 16 x (4 x (256 + 256) + 3 x (256 + 1024)) = 942_080 float32 values.
+    settings = push["settings"]
+    assert settings["10M_adapter_params"] == 942_080 and settings["10M_adapter_bytes"] == 4 * 942_080
+    assert adapter["name"] == "push LoRA r16 adapter (0.94M params, 3.8 MB) to 1 generator"
+    assert adapter["peer_name"] == "full push" and adapter["peer"] == fig["value"] and adapter["value"] > 0

@@ -5,7 +5,9 @@ What the smoke may change is fixed here (sizes, counts, devices, the models and 
 other setting must reach the run as the recipe has it: for the 8-GPU recipe that is FSDP with
 bf16 compute (on CPU through gloo), a bf16 checkpoint, the disk push, the vLLM reward-model scorer
 over a Llama-3-style model whose pad token is its EOS, parallel_chain N=4 K=3, rule=reward, the
-paper's refinement template, cosine with warm-up and gradient accumulation.
+paper's refinement template, cosine with warm-up and gradient accumulation. Its LoRA variant trains
+adapters under DDP: each checkpoint is a float32 PEFT adapter, and Stage 2 starts from Stage 1's
+adapter merged into the base in bf16 (RUN/sft/merged).
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def _dtypes(checkpoint: Path) -> set[str]:
         return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
+def _adapter_dtypes(checkpoint: Path) -> set[str]:
+    assert sorted(p.name for p in checkpoint.glob("*.safetensors")) == ["adapter_model.safetensors"]
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
 def _tensor(checkpoint: Path, name: str):
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
         return f.get_tensor(name)
@@ -113,14 +121,24 @@ def test_recipe_smoke_runs_every_stage_with_the_recipes_settings(recipe: Path, t
     assert sft_rows[1]["pairs/count"] == stored.sft.max_pairs
     stage1 = run / "sft" / "checkpoints" / "r000"
     assert "Stage 1 already done" in out  # `run` reused what `sft` made
-    assert _dtypes(stage1) == {"BF16"} and _dtypes(run / "checkpoints" / "r000") == {"BF16"}
+    if stored.training.lora.rank:  # adapters in fp32; Stage 2 starts from Stage 1's merged into the base
+        assert _adapter_dtypes(stage1) == {"F32"} and _adapter_dtypes(run / "checkpoints" / "r000") == {"F32"}
+        stage1 = run / "sft" / "merged"
+        assert (
+            json.loads((run / "checkpoints" / "r000" / "adapter_config.json").read_text())["base_model_name_or_path"]
+            == "../../sft/merged"
+        )
+    else:
+        assert _dtypes(run / "checkpoints" / "r000") == {"BF16"}
+    assert _dtypes(stage1) == {"BF16"}
     start = Path(stored.model.policy)
     name = "model.layers.0.mlp.down_proj.weight"
     assert not _tensor(start, name).equal(_tensor(stage1, name)), "Stage 1 did not change the policy"
 
     # Stage 2 as the recipe has it: N=4 chains of K=3 refinements, pairs by the reward model.
     assert stored.generation.strategy == "parallel_chain" and stored.refinement.template == PAPER_REFINE_TEMPLATE
-    assert (stored.training.strategy, stored.training.bf16, stored.sync.transport) == ("fsdp", True, "disk")
+    strategy = "ddp" if stored.training.lora.rank else "fsdp"  # LoRA: only the adapter's gradients to all-reduce
+    assert (stored.training.strategy, stored.training.bf16, stored.sync.transport) == (strategy, True, "disk")
     assert (stored.scoring.backend, stored.selection.rule, stored.training.lr_schedule) == ("vllm", "reward", "cosine")
     import pandas as pd
 

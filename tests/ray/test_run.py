@@ -256,8 +256,12 @@ def test_eval_cli_vote(finished_run: Path, tiny_models, tmp_path: Path, capsys) 
     args += ["--strategy", "vote", "--num-samples", "4", "--turns", "2"]
     args += ["--set", f"model.reward={tiny_models['reward']}", "--set", "data.eval_prompts=4"]
     assert main(args) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("strategy vote:"))
-    assert re.fullmatch(r"strategy vote: accuracy=[01]\.\d{3} score=-?\d+\.\d{3} tokens/prompt=\d+\.\d{3}", line), line
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("strategy vote "))
+    assert re.fullmatch(
+        r"strategy vote \(N=4 K=2 temperature=0\.7\): accuracy=[01]\.\d{3} pass@4 \(oracle: the answer key picks\)="
+        r"[01]\.\d{3} score=-?\d+\.\d{3} generated tokens/prompt=\d+\.\d prompt tokens/prompt=\d+\.\d",
+        line,
+    ), line
     df = pd.read_parquet(tmp_path / "ev" / "eval.parquet")
     assert len(df) == 4 * 4 * 3 and df["final"].sum() == 4  # 4 chains x 3 turns per prompt, one pick
     task = ArithTask()
@@ -296,3 +300,30 @@ def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path, t
         missing = {w for w in wanted if w not in body}
         time.sleep(0 if not missing else 2)
     assert len(wanted) >= 10 and not missing, sorted(missing)
+
+
+def test_eval_cli_best_of_n_under_the_verifier_is_picked_by_the_reward_model(
+    finished_run: Path, tiny_models, tmp_path: Path, capsys
+) -> None:
+    """The demo's setting (scoring.kind=verifier): the verifier grades, the reward model picks.
+    Each pick is the final with the best reward-model score (pick_score), whatever the verifier
+    says; pass@N, the answer key's pick, is reported apart; eval.json records N, K, temperature."""
+    from evolve_ray.cli import main
+
+    out = tmp_path / "bon"
+    args = ["eval", "--model", str(finished_run / "checkpoints" / "r001"), "--out", str(out)]
+    args += ["--strategy", "parallel", "--num-samples", "3", "--temperature", "1.0"]
+    args += ["--set", "scoring.kind=verifier", "--set", f"model.reward={tiny_models['reward']}"]
+    args += ["--set", "data.eval_prompts=4"]
+    assert main(args) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("strategy parallel "))
+    assert "(best-of-N: picked by the reward model) pass@3 (oracle: the answer key picks)=" in line, line
+    df = pd.read_parquet(out / "eval.parquet")
+    assert set(df["score"]) <= {0.0, 1.0} and df["pick_score"].notna().all()  # verifier grades, RM scores
+    for _, group in df.groupby("prompt_id"):
+        assert group.loc[group["final"], "pick_score"].iloc[0] == group["pick_score"].max()
+    record = json.loads((out / "eval.json").read_text())
+    assert (record["num_samples"], record["turns"], record["temperature"]) == (3, 0, 1.0)
+    assert record["picked_by"] == f"reward model {tiny_models['reward']}"
+    oracle = df.groupby("prompt_id")["correct"].any().mean()
+    assert record["eval/final_oracle_accuracy"] == oracle >= record["eval/final_accuracy"]

@@ -167,8 +167,8 @@ def test_cli_data_path_under_a_built_in_task_is_refused(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
     r = run_cli("run", "--out", str(tmp_path / "run"), "--set", f"data.path={prompts}")
-    line = assert_one_line_error(r, "data.path is set but data.task=arith does not read files")
-    assert "set data.task=file" in line
+    line = assert_one_line_error(r, "data.path is set but data.task=arith, where it has no effect")
+    assert "it applies only when data.task=file" in line
 
 
 @pytest.mark.parametrize("item", ["data.format=chat", "data.prompt_column=q", "data.answer_column=a"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -363,3 +364,36 @@ def test_a_file_where_no_row_parses_says_how_many_failed_and_where(tmp_path: Pat
     path = write_jsonl(tmp_path / "two.jsonl", [b"", b'"a string"', b"{oops"])
     with pytest.raises(UserError, match=r"all 2 lines failed \(wrong_type=1, invalid_json=1\); first: line 2"):
         FileTask(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# The input traps of issue #28
+
+
+def test_a_csv_with_prompt_and_answer_columns_checks_the_answers(tmp_path: Path) -> None:
+    """Read as chat it dropped the answers and made the task unverifiable; it is the columns format."""
+    (tmp_path / "p.csv").write_text("prompt,answer\n2+3=,5\n10+7=,17\n")
+    task = FileTask(str(tmp_path / "p.csv"), eval_prompts=0)
+    assert (task.format, task.verifiable) == ("columns", True)
+    by_question = {p.question: p for p in all_prompts(task)}
+    assert by_question["2+3="].answer == "5" and task.verify(by_question["10+7="], "it is 17")
+    (tmp_path / "text.jsonl").write_text(json.dumps({"prompt": "Capital of France?", "answer": "Paris"}) + "\n")
+    with pytest.raises(UserError, match=r"bad_answer.*set data\.format=chat to read the prompts without them"):
+        FileTask(str(tmp_path / "text.jsonl"), eval_prompts=0)
+    chat = FileTask(str(tmp_path / "text.jsonl"), format="chat", eval_prompts=0)
+    assert not chat.verifiable and chat.prompts("train", 1)[0].question == "Capital of France?"
+
+
+def test_reading_through_datasets_writes_nothing_under_home(tmp_path: Path) -> None:
+    """csv, tsv and parquet go through `datasets`, whose Arrow cache defaulted to ~/.cache/huggingface."""
+    import subprocess
+    import sys
+
+    (tmp_path / "p.csv").write_text("id,question,answer\nq1,1+1?,#### 2\nq2,2+2?,#### 4\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))} | {"HOME": str(home)}
+    code = f"from evolve_ray.tasks.files import FileTask; print(FileTask({str(tmp_path / 'p.csv')!r}).format)"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "gsm8k"
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []

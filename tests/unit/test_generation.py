@@ -59,3 +59,31 @@ def test_refinement_prompt_that_cannot_fit_is_skipped_and_counted(engine) -> Non
     assert {c.turn for c in cands} == {0}
     assert stats["gen/skipped_question_too_long"] == 3
     assert sorted(pid for _, fin in events for pid in fin) == ["p0", "p1", "p2"]
+
+
+def test_model_tokenizer_reaches_the_engines(tiny_models, tmp_path, monkeypatch) -> None:
+    """model.tokenizer builds the prompts (GeneratorActor); the engine must stop on its EOS and
+    decode with it too, not with the checkpoint's own."""
+    import shutil
+
+    from evolve_ray.engines import factory, vllm_engine
+
+    tok = tmp_path / "tokenizer"
+    shutil.copytree(tiny_models["policy"], tok, ignore=shutil.ignore_patterns("*.safetensors"))
+    sets = [f"model.policy={tiny_models['policy']}", f"model.tokenizer={tok}"]
+    engine = factory.make_engine(
+        load_config(None, [*sets, "generation.backend=transformers"]), str(tiny_models["policy"])
+    )
+    assert engine.tokenizer.name_or_path == str(tok)
+
+    seen: dict = {}
+
+    class Recorder:
+        def __init__(self, model_path: str, **kwargs) -> None:
+            seen.update(kwargs, model=model_path)
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", Recorder)
+    factory.make_engine(load_config(None, [*sets, "generation.backend=vllm"]), "/checkpoints/r000")
+    assert seen["tokenizer"] == str(tok) and seen["model"] == "/checkpoints/r000"
+    factory.make_engine(load_config(None, ["generation.backend=vllm"]), "/checkpoints/r000")
+    assert seen["tokenizer"] == "/checkpoints/r000"  # no model.tokenizer: the checkpoint's own

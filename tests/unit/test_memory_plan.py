@@ -7,6 +7,7 @@ is the reward model's (the same decoder as LlamaForSequenceClassification, one l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from evolve_ray.preflight import check_fits
 from tests.unit.cli_helpers import assert_one_line_error, run_cli
 
 RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "llama8b_8gpu.yaml"
+LORA_RECIPE = RECIPE.with_name("llama8b_8gpu_lora.yaml")
 LLAMA_8B = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -59,6 +61,11 @@ def llama_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(policy), str(reward)
 
 
+# The recipe ships grad_accum 16; at 8 (micro-batches of 3 prompts) its trainer stops fitting 80 GiB,
+# the case most hand computations below use.
+AT_8 = "training.grad_accum=8"
+
+
 def recipe(dirs: tuple[str, str], *sets: str) -> Config:
     return load_config(RECIPE, [f"model.policy={dirs[0]}", f"model.reward={dirs[1]}", *sets])
 
@@ -72,7 +79,20 @@ def test_parameter_counts_are_llama_3_1_8b(llama_dirs: tuple[str, str]) -> None:
     """8_030_261_248 and 7_504_928_768 parameters, the blocks counted apart from the root."""
     assert P == 8_030_261_248 and P_REWARD == 7_504_924_672 + 4_096
     policy = read_shape(llama_dirs[0], reward=False)
-    assert policy == ModelShape(params=P, root_params=ROOT, block_params=BLOCK, layers=32, hidden=4096, vocab=128_256)
+    assert isinstance(policy, ModelShape)
+    assert dataclasses.replace(policy, linears=()) == ModelShape(
+        params=P, root_params=ROOT, block_params=BLOCK, layers=32, hidden=4096, vocab=128_256
+    )
+    assert policy.linears == (  # (name, in, out, count): what LoRA's sizes are made of
+        ("down_proj", 14_336, 4_096, 32),
+        ("gate_proj", 4_096, 14_336, 32),
+        ("k_proj", 4_096, 1_024, 32),
+        ("lm_head", 4_096, 128_256, 1),
+        ("o_proj", 4_096, 4_096, 32),
+        ("q_proj", 4_096, 4_096, 32),
+        ("up_proj", 4_096, 14_336, 32),
+        ("v_proj", 4_096, 1_024, 32),
+    )
     reward = read_shape(llama_dirs[1], reward=True)
     assert isinstance(reward, ModelShape) and reward.params == P_REWARD
 
@@ -92,7 +112,7 @@ def test_recipe_needs_per_role(llama_dirs: tuple[str, str]) -> None:
       logits fp32 T x b x S x V x 4 = 2 x 6 x 4096 x 128256 x 4 = 23.48 GiB
       total 80.92 GiB
     """
-    cfg = recipe(llama_dirs)
+    cfg = recipe(llama_dirs, AT_8)
     t = cfg.training
     assert (t.batch_size, t.grad_accum, t.num_workers, t.max_len, t.gamma) == (64, 8, 3, 4096, 0.0)
     p = plan_for(cfg)
@@ -119,7 +139,7 @@ def test_the_recipe_trainer_is_refused_on_80_gib_and_fits_with_smaller_micro_bat
 ) -> None:
     """At grad_accum 16: micro 2, b = 4: activations 8 GiB, recompute 2.125, logits 15.66:
     39.89 + 2.36 + 8 + 2.125 + 15.66 = 68.0 GiB."""
-    p = plan_for(recipe(llama_dirs, "cluster.gpu_memory_gib=80"))
+    p = plan_for(recipe(llama_dirs, "cluster.gpu_memory_gib=80", AT_8))
     assert [r.fits for r in p.rows] == ["yes", "yes", "no"]
     with pytest.raises(ConfigError) as e:
         check_plan(p)
@@ -134,13 +154,13 @@ def test_the_recipe_trainer_is_refused_on_80_gib_and_fits_with_smaller_micro_bat
 def test_ddp_holds_everything_on_each_rank(llama_dirs: tuple[str, str]) -> None:
     """DDP: 16P = 119.66 GiB of fp32 state alone on every rank: refused even on a 141 GiB H200,
     where FSDP over 3 ranks (80.9 GiB) fits."""
-    cfg = recipe(llama_dirs, "cluster.gpu_memory_gib=141", "training.strategy=ddp")
+    cfg = recipe(llama_dirs, "cluster.gpu_memory_gib=141", "training.strategy=ddp", AT_8)
     parts = row_parts(plan_for(cfg), "train worker")
     assert parts["weights fp32"] + parts["grads fp32"] + parts["adam fp32"] == 16 * P
     assert "gathered bf16" not in parts
     with pytest.raises(ConfigError, match=r"^each train worker needs 158\.\d GiB .*set training\.strategy=fsdp"):
         check_plan(plan_for(cfg))
-    check_plan(plan_for(recipe(llama_dirs, "cluster.gpu_memory_gib=141")))
+    check_plan(plan_for(recipe(llama_dirs, "cluster.gpu_memory_gib=141", AT_8)))
 
 
 def test_a_small_gpu_refuses_the_first_role_that_cannot_fit(llama_dirs: tuple[str, str]) -> None:
@@ -160,10 +180,70 @@ def test_a_fraction_of_a_gpu_gets_that_fraction_of_its_memory(llama_dirs: tuple[
 def test_fixed_reference_and_no_checkpointing(llama_dirs: tuple[str, str]) -> None:
     """reference=fixed holds P in the compute dtype over 3 shards: 2P/3; without checkpointing
     every block keeps 17 x b x S x H x 2 bytes per term: 2 x 32 x 17 x 6 x 4096 x 4096 x 2."""
-    cfg = recipe(llama_dirs, "training.reference=fixed", "training.activation_checkpointing=false")
+    cfg = recipe(llama_dirs, "training.reference=fixed", "training.activation_checkpointing=false", AT_8)
     parts = row_parts(plan_for(cfg), "train worker")
     assert parts["reference bf16"] == pytest.approx(2 * P / 3)
     assert parts["activations"] == 2 * 32 * 17 * 6 * 4096 * 4096 * 2 and "block recompute" not in parts
+
+
+# A rank-16 adapter on q, k, v, o, gate, up, down of each of 32 blocks: 16 x (in + out) each,
+# 16 x (8192 + 5120 + 5120 + 8192 + 3 x 18432) = 1_310_720 per block.
+ADAPTER_16 = 32 * 1_310_720  # 41_943_040
+
+
+def test_lora_recipe_fits_on_2_training_gpus_and_gives_the_freed_one_to_generation(
+    llama_dirs: tuple[str, str],
+) -> None:
+    """llama8b_8gpu_lora.yaml: 5 generators + 1 scorer + 2 DDP train workers = 8 GPUs.
+
+    train worker (DDP: nothing sharded), micro = ceil(64 / (2 x 16)) = 2 prompts, b = 4:
+      frozen base bf16 2P = 14.96 GiB
+      adapter fp32 4A = 0.156 GiB, grads 4A = 0.156, adam 8A = 0.3125 (A = 41_943_040: 0.625 in all)
+      activations 2 x 32 x 4 x 4096 x 4096 x 2 = 8 GiB, recompute 17 x 4 x 4096 x 4096 x 2 = 2.125
+      logits 2 x 4 x 4096 x 128256 x 4 = 15.66 GiB; no reference copy (the base, adapter off)
+      total 41.36 GiB, against 68.0 GiB per GPU on 3 FSDP GPUs for full fine-tuning.
+    generator: 2P + the adapter slot at vLLM's max_lora_rank 16, in bf16: 2A = 0.078 GiB.
+    """
+    cfg = load_config(LORA_RECIPE, [f"model.policy={llama_dirs[0]}", f"model.reward={llama_dirs[1]}"])
+    t, g, s = cfg.training, cfg.generation, cfg.scoring
+    assert (t.lora.rank, t.strategy, t.num_workers, t.grad_accum) == (16, "ddp", 2, 16)
+    assert g.num_generators * g.gpus_per_generator + s.num_scorers * s.gpus_per_scorer + t.num_workers == 8
+    p = plan_for(cfg)
+    check_plan(p)
+    assert [r.fits for r in p.rows] == ["yes", "yes", "yes"]
+    assert row_parts(p, "train worker") == pytest.approx(
+        {
+            "frozen base bf16": 2 * P,
+            "adapter fp32": 4 * ADAPTER_16,
+            "adapter grads fp32": 4 * ADAPTER_16,
+            "adapter adam fp32": 8 * ADAPTER_16,
+            "activations": 2 * 32 * 4 * 4096 * 4096 * 2,
+            "block recompute": 17 * 4 * 4096 * 4096 * 2,
+            "logits fp32": 2 * 4 * 4096 * 128_256 * 4,
+        }
+    )
+    assert row_parts(p, "generator") == {
+        "weights bf16": 2 * P,
+        "adapter slot bf16": 2 * ADAPTER_16,
+        "kv cache": 32 * GIB,
+    }
+    gib = {r.role: round(r.need / GIB, 2) for r in p.rows}
+    assert gib == {"generator": 47.04, "scorer": 45.98, "train worker": 41.36}
+    full = plan_for(recipe(llama_dirs, "training.grad_accum=16"))  # the full recipe at the same micro-batch
+    assert round(full.rows[2].need / GIB, 1) == 68.0
+
+
+def test_lora_holds_no_reference_copy_and_shards_the_base_under_fsdp(llama_dirs: tuple[str, str]) -> None:
+    """reference=fixed with LoRA is the base with the adapter off (no part); FSDP over 2 ranks
+    halves the frozen base and the adapter's state, and gathers a block and the root."""
+    sets = [f"model.policy={llama_dirs[0]}", f"model.reward={llama_dirs[1]}", "training.reference=fixed"]
+    cfg = load_config(LORA_RECIPE, [*sets, "training.strategy=fsdp", "training.lora.target_modules=[q_proj,v_proj]"])
+    parts = row_parts(plan_for(cfg), "train worker")
+    assert not any(name.startswith("reference") for name in parts)
+    adapter = 32 * 16 * ((4096 + 4096) + (4096 + 1024))  # q and v only
+    assert parts["frozen base bf16"] == pytest.approx(P)  # 2P / 2 ranks
+    assert parts["adapter adam fp32"] == pytest.approx(8 * adapter / 2)
+    assert parts["gathered bf16"] == (ROOT + BLOCK) * 2
 
 
 def test_cpu_totals_against_a_local_cluster() -> None:

@@ -17,6 +17,7 @@ from evolve_ray.resume_settings import (
     check_changes,
     config_changes,
     may_change,
+    mutable_keys,
     plan_resume,
     record_resume,
     rounds_done,
@@ -39,11 +40,14 @@ MAY_CHANGE = [
     "run.eval_strategies=[direct,chain]",
     "run.eval_num_samples=2",
     "run.eval_strategies_every_round=true",
+    "run.eval_temperatures={vote: 0.5}",
+    "run.eval_budget_tokens=100",
     "run.eval_start=false",
     "run.log_level=DEBUG",
     "run.trackers=[tensorboard]",
     "cluster.placement_timeout_s=30",
     "cluster.address=auto",
+    "cluster.gpu_memory_gib=80",
 ]
 REFUSED = [
     "model.policy=/elsewhere",
@@ -59,6 +63,7 @@ REFUSED = [
     "training.lr=0.001",
     "training.num_workers=1",
     "sync.transport=disk",
+    "run.unchanged_tolerance=0.01",
 ]
 
 
@@ -75,10 +80,46 @@ def run(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("item", MAY_CHANGE)
 def test_settings_of_the_remaining_work_may_change(item: str) -> None:
-    old = load_config(None, ["run.rounds=3"])
-    changes = config_changes(old, load_config(None, ["run.rounds=3", item]))
+    base = ["run.rounds=3", "run.eval_strategies=[vote]"]  # the run.eval_* options that need a comparison
+    old = load_config(None, base)
+    changes = config_changes(old, load_config(None, [*base, item]))
     assert list(changes) == [item.split("=")[0]]
     check_changes(changes, done=2)
+
+
+def test_what_may_change_is_the_schema_fields_mark() -> None:
+    """The list a resume checks against comes from the fields' `resume` metadata (config.py), the
+    same that docs/options.md shows; it is the list the project had as MUTABLE_KEYS, plus the
+    options added since under run.eval_* and cluster.*."""
+    assert mutable_keys() == [
+        "data.eval_prompts",
+        "generation.num_generators",
+        "generation.max_work_batch",
+        "generation.cpus_per_generator",
+        "generation.gpus_per_generator",
+        "scoring.num_scorers",
+        "scoring.cpus_per_scorer",
+        "scoring.gpus_per_scorer",
+        "cluster.address",
+        "cluster.num_cpus",
+        "cluster.dashboard_host",
+        "cluster.include_dashboard",
+        "cluster.gpu_memory_gib",
+        "cluster.placement_timeout_s",
+        "run.rounds",
+        "run.eval_strategy",
+        "run.eval_turns",
+        "run.eval_strategies",
+        "run.eval_num_samples",
+        "run.eval_temperatures",
+        "run.eval_budget_tokens",
+        "run.eval_strategies_every_round",
+        "run.eval_start",
+        "run.trackers",
+        "run.log_level",
+    ]
+    with pytest.raises(ResumeRefused, match=r"\(a resume may change data\.eval_prompts, .*, run\.log_level\)$"):
+        check_changes({"training.lr": (1e-5, 1e-4)}, done=0)
 
 
 @pytest.mark.parametrize("item", REFUSED)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,52 @@ def test_quiet_filter_keeps_project_info_and_everyone_s_warnings() -> None:
         return logging.LogRecord(name, level, "x.py", 1, "m", None, None)
 
     assert f.filter(rec("evolve_ray.loop", logging.INFO)) and f.filter(rec("ray.train", logging.WARNING))
-    assert not f.filter(rec("ray.train", logging.INFO)) and not f.filter(rec("evolve_ray.loop", logging.DEBUG))
+    assert not f.filter(rec("ray.train", logging.INFO))
+    assert f.filter(rec("evolve_ray.loop", logging.DEBUG))  # the handler's level (run.log_level) decides
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(False, "WARNING"), (False, "DEBUG"), (True, "ERROR")])
+def test_run_log_level_reaches_the_console_and_run_log_keeps_info(tmp_path: Path, verbose: bool, level: str) -> None:
+    """The console is set up before the config is read; the driver then applies run.log_level
+    (console.set_level, called by loop.drive and loop.eval_model). run.log keeps INFO and up."""
+    code = (
+        "import logging\n"
+        "from pathlib import Path\n"
+        "from evolve_ray import console\n"
+        f"console.setup(verbose={verbose})\n"
+        f"console.set_level({level!r})\n"
+        f"with console.run_log(Path({str(tmp_path)!r})):\n"
+        "    log = logging.getLogger('evolve_ray.loop')\n"
+        "    log.debug('a debug line'); log.info('an info line'); log.warning('a warning line')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    shown = {x for x in ("debug", "info", "warning") if f"{x} line" in r.stderr}
+    expected = {"WARNING": {"warning"}, "DEBUG": {"debug", "info", "warning"}, "ERROR": set()}[level]
+    assert shown == expected, r.stderr
+    kept = (tmp_path / "run.log").read_text()
+    assert "an info line" in kept and "a warning line" in kept
+    assert ("a debug line" in kept) == (level == "DEBUG")
+
+
+def _big_run(run: Path) -> None:
+    """A run whose status JSON is larger than a pipe holds (64 KiB)."""
+    write_json(run / "state.json", {"last": {"round": 0, "stage": "collect"}})
+    write_json(round_dir(run, 0) / "metrics.json", {f"gen/skipped_reason_{i:05d}": float(i) for i in range(4000)})
+
+
+def test_status_json_into_a_reader_that_stops_is_no_traceback(run: Path) -> None:
+    """`evolve-ray status RUN --json | head`: head exits after its lines; the rest of the output
+    has nowhere to go. Exit 141 (as a command SIGPIPE ends), nothing on stderr."""
+    _big_run(run)
+    for argv in (["status", str(run), "--json"], ["print-config"]):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "evolve_ray.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert p.stdout is not None and p.stderr is not None
+        assert p.stdout.read(10)
+        p.stdout.close()  # the reader is gone
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_run_log_that_cannot_be_written_goes_silent(tmp_path: Path, capsys) -> None:

@@ -151,7 +151,7 @@ def test_final_metrics_means_over_prompts_and_skips_invalid_scores() -> None:
     scored = [_scored("a", 0, 0, "1", None, 3), _scored("b", 0, 0, "2", 0.5, 5)]
     picks = pick_finals("direct", scored)
     m = final_metrics(scored, picks, {"a/c0/t0": True, "b/c0/t0": False})
-    assert m == {"final_score": 0.5, "tokens_per_prompt": 4.0, "final_accuracy": 0.5}
+    assert m == {"final_score": 0.5, "tokens_per_prompt": 4.0, "prompt_tokens_per_prompt": 0.0, "final_accuracy": 0.5}
     assert "final_accuracy" not in final_metrics(scored, picks, None)
     with pytest.raises(ValueError, match="no prompts"):
         final_metrics([], {}, None)

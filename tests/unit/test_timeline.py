@@ -79,3 +79,16 @@ def test_a_failed_write_is_a_warning_not_an_error(tmp_path, caplog) -> None:
     t.mark("driver", at=2.0)
     assert t.marks == {"process": 1.0, "driver": 2.0}
     assert "could not write" in caplog.text
+
+
+def test_imports_start_when_the_interpreter_reaches_evolve_ray_not_at_process_creation() -> None:
+    """`(bash cluster/install.sh && evolve-ray demo)`: the subshell's process, created before the
+    install, becomes the demo's (exec). The start-up split must not count the install as imports."""
+    import subprocess
+    import sys
+
+    code = "import psutil, evolve_ray; print(evolve_ray.IMPORTED_AT - psutil.Process().create_time())"
+    r = subprocess.run(
+        ["sh", "-c", f"sleep 2 && exec {sys.executable} -c '{code}'"], capture_output=True, text=True, check=True
+    )
+    assert float(r.stdout) > 1.5  # the 2 s before the exec are not the package's
