@@ -28,13 +28,14 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evolve_ray.errors import UserError
 from evolve_ray.tasks.numeric import extract_final_number, numbers_equal
 from evolve_ray.types import Prompt
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMATS = ("chat", "alpaca", "gsm8k", "columns")
 SPLITS = ("train", "round", "eval")
@@ -249,6 +250,30 @@ def _row_id(row: dict[str, Any], n: int) -> str:
     return str(value).strip()
 
 
+def parse_each(
+    rows: list[tuple[int, Any]], parse: Callable[[Any, int], T], key: Callable[[T], str], unit: str = "row"
+) -> tuple[list[T], list[tuple[str, int, str]]]:
+    """`parse` (which raises BadRow) over every row: the valid records in row order, and (reason,
+    line number, detail) for each skipped row; a record whose `key` an earlier one had is a duplicate_id."""
+    valid: list[T] = []
+    failures: list[tuple[str, int, str]] = []
+    first_seen: dict[str, int] = {}
+    for n, row in rows:
+        try:
+            if isinstance(row, BadRow):
+                raise row
+            record = parse(row, n)
+            k = key(record)
+            if k in first_seen:
+                raise BadRow("duplicate_id", f"id {k!r} already used on {unit} {first_seen[k]}")
+        except BadRow as e:
+            failures.append((e.reason, n, str(e)))
+            continue
+        first_seen[k] = n
+        valid.append(record)
+    return valid, failures
+
+
 def parse_rows(
     rows: list[tuple[int, Any]],
     fmt: str,
@@ -259,27 +284,16 @@ def parse_rows(
     unit: str = "row",
 ) -> tuple[list[Prompt], list[tuple[str, int, str]]]:
     """The valid prompts in row order, and (reason, line number, detail) for each skipped row."""
-    valid: list[Prompt] = []
-    failures: list[tuple[str, int, str]] = []
-    first_seen: dict[str, int] = {}
-    for n, row in rows:
-        try:
-            if isinstance(row, BadRow):
-                raise row
-            question, answer = parse_row(row, fmt, prompt_column, answer_column)
-            prompt_id = _row_id(row, n)
-            if max_prompt_chars is not None and len(question) > max_prompt_chars:
-                raise BadRow("too_long", f"{len(question)} characters, limit {max_prompt_chars}")
-            if fits is not None and not fits(question):
-                raise BadRow("too_long", "over the model's prompt length")
-            if prompt_id in first_seen:
-                raise BadRow("duplicate_id", f"id {prompt_id!r} already used on {unit} {first_seen[prompt_id]}")
-        except BadRow as e:
-            failures.append((e.reason, n, str(e)))
-            continue
-        first_seen[prompt_id] = n
-        valid.append(Prompt(id=prompt_id, question=question, answer=answer))
-    return valid, failures
+
+    def parse(row: Any, n: int) -> Prompt:
+        question, answer = parse_row(row, fmt, prompt_column, answer_column)
+        if max_prompt_chars is not None and len(question) > max_prompt_chars:
+            raise BadRow("too_long", f"{len(question)} characters, limit {max_prompt_chars}")
+        if fits is not None and not fits(question):
+            raise BadRow("too_long", "over the model's prompt length")
+        return Prompt(id=_row_id(row, n), question=question, answer=answer)
+
+    return parse_each(rows, parse, lambda p: p.id, unit)
 
 
 # ----------------------------------------------------------------------------------------------

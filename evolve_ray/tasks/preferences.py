@@ -26,7 +26,7 @@ from typing import Any
 
 from evolve_ray.core.refine import refine_user_turn
 from evolve_ray.errors import UserError
-from evolve_ray.tasks.files import SPLITS, BadRow, _log_skips, _no_valid_rows, _row_id, _text, read_rows
+from evolve_ray.tasks.files import SPLITS, BadRow, _log_skips, _no_valid_rows, _row_id, _text, parse_each, read_rows
 from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
@@ -127,21 +127,7 @@ class PreferenceSet:
     def __init__(self, path: str, *, eval_prompts: int, seed: int) -> None:
         self.source = path
         raw, unit = read_rows(path)
-        valid: list[PreferenceRow] = []
-        failures: list[tuple[str, int, str]] = []
-        seen: dict[str, int] = {}
-        for n, row in raw:
-            try:
-                if isinstance(row, BadRow):
-                    raise row
-                parsed = parse_preference(row, n)
-                if parsed.id in seen:
-                    raise BadRow("duplicate_id", f"id {parsed.id!r} already used on {unit} {seen[parsed.id]}")
-            except BadRow as e:
-                failures.append((e.reason, n, str(e)))
-                continue
-            seen[parsed.id] = n
-            valid.append(parsed)
+        valid, failures = parse_each(raw, parse_preference, lambda r: r.id, unit)
         self.skipped: dict[str, int] = dict(Counter(reason for reason, _, _ in failures))
         _log_skips(path, unit, failures, len(valid))
         if not valid:
