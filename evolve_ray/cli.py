@@ -8,6 +8,7 @@ import errno
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -131,9 +132,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
     cfg = _run_config(args, list(args.sets) + ([f"sft.data={args.data}"] if args.data else []))
     sft_dir = run_sft(cfg)
     print(closing_text(sft_dir))
-    again = " ".join(["evolve-ray run", *([f"--config {args.config}"] if args.config else []), "--out", cfg.run.out])
+    sets = [*args.sets, *([f"sft.data={args.data}"] if args.data else [])]
+    again = ["evolve-ray", "run", *(["--config", args.config] if args.config else [])]
+    again += [a for s in sets for a in ("--set", s)] + ["--smoke"] * args.smoke + ["--out", cfg.run.out]
     print(f"Stage 1 checkpoint: {stage1_checkpoint(sft_dir.parent)}")
-    print(f"Stage 2 (the EVOLVE rounds from it): {again} (with the same settings; it reuses this Stage 1)")
+    print(f"Stage 2, the EVOLVE rounds from it (same settings: it reuses this Stage 1): {shlex.join(again)}")
     return 0
 
 
@@ -143,7 +146,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from evolve_ray.report import closing_text
 
     sets = [*DEMO_SETS, *args.sets, f"run.out={args.out}"]
-    print(closing_text(run(load_config(args.config, sets))))  # the config defaults (+ DEMO_SETS) are the demo
+    cfg = load_config(args.config, sets)
+    if cfg.sft.data:
+        raise UserError("sft.data: the demo starts from its built-in Stage-1 model; run Stage 1 with `evolve-ray sft`")
+    print(closing_text(run(cfg)))  # the config defaults (+ DEMO_SETS) are the demo
     return 0
 
 
@@ -297,15 +303,21 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 def _user_message(e: BaseException | None) -> str | None:
     """The one-line message of a user error (or full disk) behind `e`, else None (a bug: traceback).
 
-    Follows exception chains and Ray's wrapping of errors raised inside actors (RayTaskError.cause),
-    so a run directory that fills up under the buffer actor still reads as one line.
+    Follows exception chains, Ray's wrapping of errors raised inside actors (RayTaskError.cause) and
+    Ray Train's of errors raised in its workers (WorkerGroupError.worker_failures), so a run
+    directory that fills up under the buffer actor still reads as one line.
     """
     ray_task_error = sys.modules["ray.exceptions"].RayTaskError if "ray.exceptions" in sys.modules else ()
+    train_errors = sys.modules.get("ray.train.v2.api.exceptions")
+    worker_group_error = train_errors.WorkerGroupError if train_errors else ()
     for _ in range(20):  # chains are short; a bound instead of cycle bookkeeping
         if e is None:
             return None
         if ray_task_error and isinstance(e, ray_task_error):
             e = e.cause
+            continue
+        if worker_group_error and isinstance(e, worker_group_error) and e.worker_failures:
+            e = e.worker_failures[min(e.worker_failures)]  # rank 0's (or the first failed rank's) own error
             continue
         if isinstance(e, UserError):
             return str(e)

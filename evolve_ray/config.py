@@ -310,9 +310,17 @@ class TrainingConfig:
     tau_ratio: float = _f(
         1 / 3, "INPO tau = tau_ratio * eta (paper: 1/3).", min=0, applies=is_("training.loss", "inpo")
     )
-    sft_direct_weight: float = _f(1.0, "sft: weight of -logp(y_w | x).", min=0, applies=is_("training.loss", "sft"))
+    sft_direct_weight: float = _f(
+        1.0,
+        "sft (and Stage 1): weight of -logp(y_w | x).",
+        min=0,
+        applies=any_(is_("training.loss", "sft"), not_("sft.data", "")),
+    )
     sft_refine_weight: float = _f(
-        1.0, "sft: weight of -logp(y_w | t(x, y_l)).", min=0, applies=is_("training.loss", "sft")
+        1.0,
+        "sft (and Stage 1): weight of -logp(y_w | t(x, y_l)).",
+        min=0,
+        applies=any_(is_("training.loss", "sft"), not_("sft.data", "")),
     )
     logprob: Literal["sum", "mean"] = _f("sum", "Sequence log-prob: summed or mean per token.")
     reference: Literal["refresh", "fixed"] = _f(
@@ -360,7 +368,9 @@ class SftConfig:
         min=0,
         applies=not_("sft.data", ""),
     )
-    max_pairs: int = _f(0, "Train on at most this many pairs (0: all of them).", min=0, applies=not_("sft.data", ""))
+    max_rows: int = _f(
+        0, "Train on at most this many rows, 2 pairs each (0: all of them).", min=0, applies=not_("sft.data", "")
+    )
     epochs: int = _f(1, "Passes over the pairs.", min=1, applies=not_("sft.data", ""))
     lr: float = _f(
         1e-5,
@@ -665,6 +675,11 @@ def validate(cfg: Config, explicit: frozenset[str] | set[str] = frozenset()) -> 
         raise ConfigError(
             "selection.rule=verifier needs scoring.kind=verifier (it reads the verifier's 1/0 scores); "
             "with a reward model use selection.rule=reward"
+        )
+    if cfg.sft.data and cfg.scoring.kind != "reward_model":
+        raise ConfigError(
+            "sft.data needs scoring.kind=reward_model: Stage 1 is evaluated on the preference file's held-out "
+            "prompts, which carry no reference answers for a verifier"
         )
     if cfg.training.loss == "inpo" and cfg.training.reference != "fixed":
         raise ConfigError(

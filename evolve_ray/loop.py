@@ -34,7 +34,7 @@ from evolve_ray.fleet import Fleet
 from evolve_ray.interrupt import keep_sigterm
 from evolve_ray.memory_plan import format_plan
 from evolve_ray.metrics_export import MetricsExporter
-from evolve_ray.preflight import ResolvedModels, check_fits, check_gpus, resolve_models
+from evolve_ray.preflight import ResolvedModels, check_adapter_start, check_fits, check_gpus, resolve_models
 from evolve_ray.report import append_row, finite_row, load_rows, write_report
 from evolve_ray.resume_settings import changes_text, plan_resume, record_resume
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 STAGES = ("collect", "train", "evaluate")
 Step = tuple[str, "Callable[[Session, int], dict[str, Any]]"]
 _drives = 0  # runs driven by this process: only the first one's start-up includes the imports
+_started_local = False  # this process started the local cluster it is connected to
 
 
 @dataclass
@@ -254,6 +255,7 @@ def _drive_logged(
     models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir, picks=picks)
     if policy:
         log.info("the rounds start from %s", models.policy)
+    check_adapter_start(cfg, models.policy)
     task = make_task(cfg.data) if task is None else task
     if cfg.scoring.kind == "verifier" and not task.verifiable:
         raise UserError(f"scoring.kind=verifier needs a task with reference answers; {task.name} has none")
@@ -311,8 +313,9 @@ def _drive_logged(
 def connect(cfg: Config) -> bool:
     """Join the configured cluster, or start a local one (dashboard on 127.0.0.1 by default).
     Returns whether it started one (no node can join it: `evolve-ray scale` judges by its size)."""
+    global _started_local
     if ray.is_initialized():
-        return False
+        return _started_local  # a second stage in this process (Stage 2 after Stage 1) keeps the first's answer
     c = cfg.cluster
     if c.address:
         with keep_sigterm():  # the command's SIGTERM handler, not Ray's (interrupt.py)
@@ -336,6 +339,7 @@ def connect(cfg: Config) -> bool:
             include_dashboard=c.include_dashboard,
             dashboard_host=c.dashboard_host,
         )
+    _started_local = True
     ctx = ray.get_runtime_context()
     where = f"dashboard at http://{info.dashboard_url}" if info.dashboard_url else "no dashboard"
     log.info("started a local Ray cluster (node %s) with %s; %s", ctx.get_node_id()[:8], sized, where)

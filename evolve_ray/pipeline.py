@@ -38,6 +38,11 @@ STAGE1_DIR = "sft"
 # What shapes Stage 1's checkpoint: a finished Stage 1 is reused only when these are unchanged.
 # (Collection and evaluation settings of Stage 2 may differ; they never touched it.)
 STAGE1_KEYS = ("model.", "sft.", "training.", "refinement.template", "data.seed")
+# ...except the training settings of Stage 2's losses and the trainer's resources, which Stage 1 never read.
+STAGE2_ONLY = tuple(
+    f"training.{k}"
+    for k in ("beta", "alpha", "gamma", "direct_loss", "label_smoothing", "eta", "tau_ratio", "reference")
+) + ("training.cpus_per_worker", "training.max_failures")
 
 
 def stage1_config(cfg: Config, sft_dir: Path) -> Config:
@@ -72,7 +77,7 @@ def _stage2_start(cfg: Config, run_dir: Path) -> Path:
 
 
 def _pairs(s: loop.Session) -> list[Any]:
-    return s.task.pairs(s.cfg.refinement.template, max_pairs=s.cfg.sft.max_pairs)
+    return s.task.pairs(s.cfg.refinement.template, max_rows=s.cfg.sft.max_rows)
 
 
 def load_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
@@ -82,7 +87,7 @@ def load_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
     atomic_write(round_dir(s.run, round_) / "pairs.jsonl", lines.encode())
     skipped = {f"data/skipped_{k}": float(v) for k, v in s.task.skipped.items()}
     held_out = len(s.task.prompts("eval", s.cfg.data.eval_prompts))
-    return {"pairs/count": float(len(pairs) // 2), "data/eval_prompts": float(held_out)} | skipped
+    return {"pairs/count": float(len(pairs)), "data/eval_prompts": float(held_out)} | skipped  # direct + refine
 
 
 def train_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def run_stage1(cfg: Config, run_dir: Path) -> Path:
     if (sft_dir / "config.yaml").is_file():
         stored = load_config(None, base=read_yaml(sft_dir / "config.yaml"))
         for key, (old, new) in config_changes(stored, cfg1).items():
-            if key.startswith(STAGE1_KEYS):
+            if key.startswith(STAGE1_KEYS) and key not in STAGE2_ONLY:
                 raise UserError(
                     f"{sft_dir} holds a Stage 1 made with {key}={old!r}, not {new!r}: "
                     "run with the same setting, or pick another --out"
@@ -129,6 +134,11 @@ def run(cfg: Config) -> Path:
     """A new run in cfg.run.out: Stage 1 first when sft.data is set (or reused if `sft` made it), then the rounds."""
     run_dir = Path(cfg.run.out).resolve()
     if not cfg.sft.data:
+        if (run_dir / STAGE1_DIR / "config.yaml").is_file():
+            raise UserError(
+                f"{run_dir / STAGE1_DIR} holds a Stage 1 but sft.data is empty, so the rounds would start from "
+                "model.policy instead: set sft.data as `evolve-ray sft` had it, or pick another --out"
+            )
         return loop.run(cfg)
     if (run_dir / "state.json").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {cfg.run.out} or pick another --out")

@@ -96,3 +96,30 @@ def check_fits(cfg: Config, policy: str, reward: str, cluster_resources: Mapping
     plan = plan_for(cfg, cluster=cluster_resources, policy_path=policy, reward_path=reward)
     check_plan(plan)
     return plan
+
+
+def check_adapter_start(cfg: Config, policy: str) -> None:
+    """A run that starts training from a LoRA adapter directory must train that adapter: refused in
+    one line before any actor starts, instead of inside the Ray Train workers."""
+    from evolve_ray.models.lora import adapter_config, is_adapter
+
+    if not is_adapter(policy):
+        return
+    saved, lora = adapter_config(policy), cfg.training.lora
+    rank, targets = int(saved["r"]), saved["target_modules"]
+    targets = {targets} if isinstance(targets, str) else set(targets)
+    merged = "or start from a merged model (evolve-ray export --format merged)"
+    if not lora.rank:
+        raise ConfigError(
+            f"model.policy {policy} is a LoRA adapter (rank {rank}): set training.lora.rank={rank} to train it, {merged}"
+        )
+    if rank != lora.rank or targets != set(lora.target_modules):
+        raise ConfigError(
+            f"model.policy {policy} is a LoRA adapter of rank {rank} on {sorted(targets)}, but training.lora asks "
+            f"for rank {lora.rank} on {sorted(lora.target_modules)}: match them, {merged}"
+        )
+    if cfg.training.reference == "fixed" and cfg.training.loss != "sft":
+        raise ConfigError(
+            "training.reference=fixed with training.lora scores against the base with the adapter off, but "
+            f"model.policy {policy} is an adapter: use training.reference=refresh, {merged}"
+        )

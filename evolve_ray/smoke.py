@@ -20,7 +20,7 @@ from evolve_ray.config import Config, replace
 from evolve_ray.errors import UserError
 
 # The shrunk sizes: a round takes a few minutes on 2 cores.
-PROMPTS, EVAL_PROMPTS, PAIRS, MAX_NEW_TOKENS, MAX_LEN, KV_MIB = 8, 4, 16, 16, 512, 64
+PROMPTS, EVAL_PROMPTS, ROWS, MAX_NEW_TOKENS, MAX_LEN, KV_MIB = 8, 4, 16, 16, 512, 64
 
 
 def _sums(n: int, seed: int) -> list[tuple[str, str, str]]:
@@ -60,6 +60,10 @@ def _check(cfg: Config) -> None:
     """A recipe that cannot run this way says why in one line."""
     if cfg.model.trust_remote_code:
         raise UserError("--smoke: the recipe runs its model repository's own code, which a stand-in cannot have")
+    if cfg.data.task == "file" and cfg.scoring.kind == "verifier":
+        raise UserError(
+            "--smoke: the stand-in prompts carry no reference answers, and the recipe scores with a verifier"
+        )
     if cfg.data.task == "file" and cfg.data.format not in ("auto", "chat"):
         raise UserError(f"--smoke: stand-in prompts are chat-format; the recipe reads data.format={cfg.data.format}")
 
@@ -104,6 +108,6 @@ def smoke_config(cfg: Config, work: Path) -> Config:
         sections["sft"] = {
             "data": str(write_preference_file(work / "preferences.jsonl")),
             "eval_prompts": min(cfg.sft.eval_prompts, EVAL_PROMPTS),
-            "max_pairs": PAIRS,
+            "max_rows": ROWS,
         }
     return replace(cfg, **sections)

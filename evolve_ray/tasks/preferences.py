@@ -147,9 +147,9 @@ class PreferenceSet:
         self._eval = list(first.values())
         self.train_rows = [r for r in valid if r.question not in held]
 
-    def pairs(self, template: str, *, max_pairs: int = 0) -> list[PreferencePair]:
-        """Stage 1's pairs: direct + refine of each training row (the first `max_pairs` rows when > 0)."""
-        rows = self.train_rows[:max_pairs] if max_pairs else self.train_rows
+    def pairs(self, template: str, *, max_rows: int = 0) -> list[PreferencePair]:
+        """Stage 1's pairs: direct + refine of each training row (the first `max_rows` rows when > 0)."""
+        rows = self.train_rows[:max_rows] if max_rows else self.train_rows
         return sft_pairs(rows, template)
 
     def prompts(self, split: str, n: int, *, offset: int = 0) -> list[Prompt]:

@@ -36,7 +36,7 @@ SHRUNK = (
     "data.eval_prompts",
     "sft.data",
     "sft.eval_prompts",
-    "sft.max_pairs",
+    "sft.max_rows",
     "generation.num_generators",
     "generation.cpus_per_generator",
     "generation.gpus_per_generator",
@@ -118,7 +118,7 @@ def test_recipe_smoke_runs_every_stage_with_the_recipes_settings(recipe: Path, t
 
     # Stage 1: trained on the preference file, evaluated per turn before and after, checkpoint in bf16.
     sft_rows = _assert_per_turn_rows(run / "sft", stored.run.eval_turns)
-    assert sft_rows[1]["pairs/count"] == stored.sft.max_pairs
+    assert sft_rows[1]["pairs/count"] == 2 * stored.sft.max_rows  # direct + refine per row
     stage1 = run / "sft" / "checkpoints" / "r000"
     assert "Stage 1 already done" in out  # `run` reused what `sft` made
     if stored.training.lora.rank:  # adapters in fp32; Stage 2 starts from Stage 1's merged into the base

@@ -19,7 +19,7 @@ SMALL = [
     "data.prompts_per_round=8",
     "data.eval_prompts=4",
     "sft.eval_prompts=4",
-    "sft.max_pairs=16",
+    "sft.max_rows=16",
     "run.rounds=1",
     "run.eval_turns=1",
     "training.batch_size=4",
@@ -66,7 +66,7 @@ def test_a_run_stopped_in_stage1_resumes_through_both_stages(tmp_path: Path) -> 
     out = d.output()
     assert "Traceback" not in out
     assert [r["round"] for r in load_rows(run / "sft")] == [-1, 0]
-    assert load_rows(run / "sft")[1]["pairs/count"] == 16
+    assert load_rows(run / "sft")[1]["pairs/count"] == 2 * 16  # direct + refine per row
     assert [r["round"] for r in load_rows(run)] == [-1, 0]
     assert f"the rounds start from {run / 'sft' / 'checkpoints' / 'r000'}" in (run / "run.log").read_text()
     assert (run / "checkpoints" / "r000" / "model.safetensors").is_file()

@@ -251,3 +251,26 @@ def test_lora_steps_train_the_adapter_alone_against_the_base(
     assert all(not torch.equal(state[n], before[n]) for n in state if "lora_B" in n)
     base_after = {n: p.detach() for n, p in unwrap(model).named_parameters() if not p.requires_grad}
     assert all(torch.equal(base_after[n], base_before[n]) for n in base_before)
+
+
+def test_a_run_starting_from_an_adapter_must_train_that_adapter(tmp_path) -> None:
+    """Refused before any actor starts (loop._drive_logged), not inside the Ray Train workers."""
+    import json
+
+    import pytest
+
+    from evolve_ray.config import ConfigError, load_config
+    from evolve_ray.preflight import check_adapter_start
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj", "v_proj"]}))
+    with pytest.raises(ConfigError, match="is a LoRA adapter \\(rank 8\\): set training.lora.rank=8"):
+        check_adapter_start(load_config(), str(adapter))
+    with pytest.raises(ConfigError, match="rank 8 on \\['q_proj', 'v_proj'\\], but training.lora asks for rank 4"):
+        check_adapter_start(load_config(None, ["training.lora.rank=4"]), str(adapter))
+    matching = ["training.lora.rank=8", "training.lora.target_modules=[q_proj,v_proj]"]
+    check_adapter_start(load_config(None, matching), str(adapter))  # the same adapter: fine
+    with pytest.raises(ConfigError, match="reference=fixed with training.lora"):
+        check_adapter_start(load_config(None, [*matching, "training.reference=fixed"]), str(adapter))
+    check_adapter_start(load_config(), str(tmp_path))  # a full model: nothing to check

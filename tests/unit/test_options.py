@@ -180,7 +180,7 @@ IGNORED = [
     ),
     (["training.loss=inpo", "training.reference=fixed", "training.beta=0.2"], "training.beta", "training.loss=inpo"),
     (["training.loss=sft", "training.reference=fixed"], "training.reference", "training.loss=sft"),
-    (["training.sft_refine_weight=2"], "training.sft_refine_weight", "training.loss=evolve"),
+    (["training.sft_refine_weight=2"], "training.sft_refine_weight", "training.loss=evolve and sft.data is empty"),
     (["selection.rule=rule", "selection.min_margin=1"], "selection.min_margin", "selection.rule=rule"),
     (
         ["scoring.kind=verifier", "selection.rule=verifier", "selection.min_chosen_score=0"],

@@ -73,7 +73,7 @@ def test_held_out_prompts_are_never_trained_on_even_when_repeated(tmp_path: Path
 def test_each_row_becomes_a_direct_and_a_refine_pair_on_the_rejected_answer(tmp_path: Path) -> None:
     rows = [{"prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
     prefs = PreferenceSet(str(_write(tmp_path / "p.jsonl", rows)), eval_prompts=1, seed=0)
-    pairs = prefs.pairs(PAPER_REFINE_TEMPLATE, max_pairs=3)
+    pairs = prefs.pairs(PAPER_REFINE_TEMPLATE, max_rows=3)
     assert [p.kind for p in pairs] == ["direct", "refine"] * 3
     direct, refine = pairs[0], pairs[1]
     assert direct.prompt == direct.question
@@ -92,3 +92,16 @@ def test_stage1_settings_without_stage1_are_refused() -> None:
     with pytest.raises(UserError, match="sft.lr is set but sft.data is empty"):
         load_config(None, ["sft.lr=1e-4"])
     assert load_config(None, ["sft.data=p.jsonl", "sft.lr=1e-4"]).sft.lr == 1e-4
+
+
+def test_stage1_with_a_verifier_is_refused() -> None:
+    """Stage 1's held-out prompts come from the preference file: nothing for a verifier to check."""
+    with pytest.raises(UserError, match="sft.data needs scoring.kind=reward_model"):
+        load_config(None, ["sft.data=p.jsonl", "scoring.kind=verifier"])
+
+
+def test_stage1_term_weights_apply_in_a_two_stage_run() -> None:
+    cfg = load_config(None, ["sft.data=p.jsonl", "training.sft_refine_weight=0.5"])
+    assert cfg.training.loss == "evolve" and cfg.training.sft_refine_weight == 0.5
+    with pytest.raises(UserError, match="sft_refine_weight"):
+        load_config(None, ["training.sft_refine_weight=0.5"])  # no Stage 1, loss evolve: no effect
