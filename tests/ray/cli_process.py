@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # the driver starts its own cluster (loop.connect ignores it anyway)
+    env.pop("RAY_AUTH_MODE", None)  # a user's shell: Ray's default (token authentication on for a local cluster)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env | extra
 

@@ -26,6 +26,11 @@ def ray_cluster(_engine_env: None) -> Iterator[None]:
     # train workers on a 2-core machine. A run the CLI starts sizes its own local cluster
     # (control.local_cpus); tests/ray/test_scale.py and test_sigterm.py run it that way.
     # address="local": a fresh cluster even when another (`ray start`) runs on this machine.
+    # Token authentication off for this in-process test cluster (tests only; runs keep Ray's
+    # default): set in the environment its GCS inherits and re-read into this process's Ray config,
+    # so both sides agree whatever an earlier test in this worker left there.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray._raylet.Config.initialize("")  # type: ignore[attr-defined]
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
