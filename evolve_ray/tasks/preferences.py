@@ -31,16 +31,6 @@ from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = (
-    "invalid_json",
-    "non_utf8",
-    "missing_field",
-    "empty_text",
-    "wrong_type",
-    "duplicate_id",
-    "no_preference",
-)
-
 
 @dataclass(frozen=True)
 class PreferenceRow:
