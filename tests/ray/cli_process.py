@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # the driver starts its own cluster (loop.connect ignores it anyway)
-    env.pop("RAY_AUTH_MODE", None)  # a user's shell: Ray's default (token authentication on for a local cluster)
+    # A user's shell: Ray's default (token authentication on for a local cluster, the token in
+    # ~/.ray/auth_token), whatever an earlier test in this worker left in os.environ.
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(var, None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env | extra
 

@@ -39,11 +39,9 @@ LOCAL_CPUS = local_cpus(Config(), CORES)[0]  # what the run's local cluster gets
 
 
 def user_env(**extra: str) -> dict[str, str]:
-    """A user's shell: RAY_AUTH_MODE unset (Ray's default turns token authentication on for a local
-    cluster; the test session's own ray.init set it in this process)."""
-    env = cli_env(PYTHONPATH=str(REPO), **extra)
-    env.pop("RAY_AUTH_MODE", None)
-    return env | extra
+    """A user's shell (cli_env: Ray's auth variables unset, as the session's own ray.init did not
+    leave them), with the repository importable."""
+    return cli_env(PYTHONPATH=str(REPO), **extra)
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:

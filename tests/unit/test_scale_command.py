@@ -121,8 +121,12 @@ def test_the_record_names_where_the_token_is_never_the_token(monkeypatch, tmp_pa
 
 
 def test_scale_authenticates_as_the_record_says_or_says_why_it_cannot(monkeypatch, tmp_path: Path) -> None:
+    # use_auth writes os.environ itself: setenv first so that monkeypatch records each variable
+    # and takes back what use_auth left (a delenv of an absent one records nothing, and the
+    # leftovers reached later tests' drivers in this worker).
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
     token = tmp_path / "auth_token"
     token.write_text("t" * 32)
