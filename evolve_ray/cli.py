@@ -14,11 +14,11 @@ import sys
 import threading
 from pathlib import Path
 
-from evolve_ray import console
-from evolve_ray.comparison import LR_GRID
 from evolve_ray.core.strategies import STRATEGIES
+from evolve_ray.driver import console
+from evolve_ray.driver.interrupt import keep_sigterm, raise_on_sigterm, stop_signal
 from evolve_ray.errors import UserError
-from evolve_ray.interrupt import keep_sigterm, raise_on_sigterm, stop_signal
+from evolve_ray.experiments.comparison import LR_GRID
 
 log = logging.getLogger("evolve_ray")
 
@@ -71,7 +71,7 @@ def _verbose_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_print_config(args: argparse.Namespace) -> int:
     from evolve_ray.config import dump_yaml, load_config
-    from evolve_ray.memory_plan import check_plan, format_plan, plan_for
+    from evolve_ray.driver.memory_plan import check_plan, format_plan, plan_for
 
     cfg = load_config(args.config, args.sets)
     print(dump_yaml(cfg), end="")
@@ -105,14 +105,14 @@ def _run_config(args: argparse.Namespace, sets: list[str]):
     cfg = load_config(args.config, sets)
     if not args.smoke:
         return cfg
-    from evolve_ray.smoke import smoke_config
+    from evolve_ray.driver.smoke import smoke_config
 
     return smoke_config(cfg, Path(cfg.run.out) / "smoke")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from evolve_ray.pipeline import resume_run, run
-    from evolve_ray.report import closing_text
+    from evolve_ray.driver.pipeline import resume_run, run
+    from evolve_ray.reporting.report import closing_text
 
     if args.resume:
         if args.out:
@@ -126,8 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from evolve_ray.pipeline import run_sft, stage1_checkpoint
-    from evolve_ray.report import closing_text
+    from evolve_ray.driver.pipeline import run_sft, stage1_checkpoint
+    from evolve_ray.reporting.report import closing_text
 
     cfg = _run_config(args, list(args.sets) + ([f"sft.data={args.data}"] if args.data else []))
     sft_dir = run_sft(cfg)
@@ -142,8 +142,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from evolve_ray.config import DEMO_SETS, load_config
-    from evolve_ray.loop import run
-    from evolve_ray.report import closing_text
+    from evolve_ray.driver.loop import run
+    from evolve_ray.reporting.report import closing_text
 
     sets = [*DEMO_SETS, *args.sets, f"run.out={args.out}"]
     cfg = load_config(args.config, sets)
@@ -154,14 +154,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from evolve_ray.status import format_status, status_json
+    from evolve_ray.reporting.status import format_status, status_json
 
     print(status_json(Path(args.run)) if args.json else format_status(Path(args.run)))
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from evolve_ray.control import request_scale
+    from evolve_ray.driver.control import request_scale
 
     scaled = request_scale(args.run, {"generator": args.generators, "scorer": args.scorers}, address=args.address)
     print(f"{args.run}: now aiming for {scaled.wanted['generator']} generator(s), {scaled.wanted['scorer']} scorer(s)")
@@ -172,10 +172,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evolve_ray.config import load_config
-    from evolve_ray.loop import eval_model
-    from evolve_ray.report import turn_series
-    from evolve_ray.report_strategies import final_line
-    from evolve_ray.strategy_study import REFINES_K, SAMPLES_N
+    from evolve_ray.driver.loop import eval_model
+    from evolve_ray.reporting.report import turn_series
+    from evolve_ray.reporting.report_strategies import final_line
+    from evolve_ray.reporting.strategy_study import REFINES_K, SAMPLES_N
 
     sets = list(args.sets) + (["data.task=file", f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, sets)
@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from evolve_ray.reproduce import reproduce
+    from evolve_ray.experiments.reproduce import reproduce
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.smoke:  # one seed, one round
@@ -229,7 +229,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from evolve_ray.export import MODEL_FORMATS, export, export_model
+    from evolve_ray.reporting.export import MODEL_FORMATS, export, export_model
 
     if args.format in MODEL_FORMATS:
         ckpt = export_model(Path(args.run), args.format, Path(args.out))
@@ -241,7 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evolve_ray.report import write_report
+    from evolve_ray.reporting.report import write_report
 
     run = Path(args.run)
     if not (run / "report.json").exists():
@@ -274,9 +274,9 @@ def job_main(argv: list[str] | None = None) -> int:
         import ray
 
         from evolve_ray.config import load_config
-        from evolve_ray.pipeline import resume_run, run
-        from evolve_ray.report import closing_text
-        from evolve_ray.resume_settings import plan_resume
+        from evolve_ray.driver.pipeline import resume_run, run
+        from evolve_ray.driver.resume_settings import plan_resume
+        from evolve_ray.reporting.report import closing_text
 
         if args.resume and args.out:
             raise UserError("--out cannot be used with --resume: a resumed run stays in its directory (RUN)")

@@ -27,7 +27,6 @@ from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
 from evolve_ray.models.loading import load_tokenizer
 from evolve_ray.models.lora import adapter_rank, check_adapter, split_policy
-from evolve_ray.profiling import top_functions
 from evolve_ray.sync.transport import WeightPayload, adapter_dir, unpack
 from evolve_ray.types import Candidate, Prompt
 
@@ -119,15 +118,9 @@ class GeneratorActor:
         )
         return out
 
-    def generate_greedy_ids(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        self._check_alive()
-        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-        return [o.token_ids for o in self.engine.generate(prompt_ids, spec, [0] * len(prompt_ids))]
-
-    def load_weights(self, payload: WeightPayload, profile: bool = False) -> int:
+    def load_weights(self, payload: WeightPayload) -> int:
         """Load new weights in place. A payload that doesn't match leaves the old weights serving;
-        a failure inside the engine marks this actor broken (it refuses work from then on).
-        `profile` also records the engine load's five costliest functions (the push benchmark)."""
+        a failure inside the engine marks this actor broken (it refuses work from then on)."""
         self._check_alive()
         t0 = time.perf_counter()
         weights = dict(unpack(payload))
@@ -139,12 +132,8 @@ class GeneratorActor:
             validate_weights(weights, self.expected)  # raises before the engine is touched
             path, load = "", functools.partial(self.engine.load_weights, weights)
         t1 = time.perf_counter()
-        top: dict[str, float] = {}
         try:
-            if profile:
-                top = top_functions(load)
-            else:
-                load()
+            load()
         except Exception as e:
             self.broken = f"weight load of version {payload.version} failed inside the engine: {e}"
             raise WeightLoadError(self.broken) from e
@@ -155,8 +144,6 @@ class GeneratorActor:
             for old in self.scratch.glob("v*"):  # the adapters written for earlier versions
                 if str(old) != path:
                     shutil.rmtree(old, ignore_errors=True)
-        if profile:
-            self.last_load["engine_top_s"] = top
         log.info("generator %d now serves policy version %d", self.index, payload.version)
         return self.served_version
 

@@ -16,7 +16,7 @@ import ray
 from ray.util import get_current_placement_group
 
 from evolve_ray.config import Config
-from evolve_ray.scoring import RewardModelScorer, Scorer, VerifierScorer
+from evolve_ray.engines.scoring import RewardModelScorer, Scorer, VerifierScorer
 from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
 

@@ -16,8 +16,8 @@ import ray
 
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.config import DEMO_REFINE_TEMPLATE, Config, load_config
+from evolve_ray.driver.builders import make_task
 from evolve_ray.models.tiny import TinySpec, build_policy, build_reward, build_tokenizer, save
-from evolve_ray.tasks.registry import make_task
 from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)

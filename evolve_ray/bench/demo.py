@@ -1,6 +1,6 @@
 """demo: `evolve-ray demo` as a user runs it (a subprocess into a temporary directory): wall time,
 the share of it spent in each stage (the report's time/ keys), and the time outside the rounds
-split into its phases (RUN/startup.json, evolve_ray.timeline): imports, cluster, actors ready,
+split into its phases (RUN/startup.json, evolve_ray.driver.timeline): imports, cluster, actors ready,
 the start evaluation, and shutdown to the process's exit; the trainer group's start and the first
 candidate are shown beside them (the group starts in the background)."""
 
@@ -17,7 +17,7 @@ import ray
 
 from evolve_ray.bench.context import BenchContext
 from evolve_ray.bench.report import BenchResult, Figure, Goal
-from evolve_ray.timeline import STARTUP_FILE
+from evolve_ray.driver.timeline import STARTUP_FILE
 
 LIMIT_S = 300.0
 OUTSIDE_GOAL_S = 15.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
@@ -23,6 +24,7 @@ from evolve_ray.bench.context import (
     peak_rss_mb,
     wall,
 )
+from evolve_ray.bench.profiling import top_functions
 from evolve_ray.bench.report import BenchResult, Figure, Goal
 from evolve_ray.config import Config
 from evolve_ray.sync.transport import WeightPayload, pack
@@ -53,10 +55,24 @@ def pack_put_copy(state: dict[str, torch.Tensor]) -> tuple[float, float, float, 
     return pack_s, put_s, copy_s, payload.nbytes
 
 
+def _load_under_profile(generator: Any, payload: WeightPayload) -> dict:
+    """Run inside the generator's process (`__ray_call__`): its own load_weights, with the engine's
+    load under cProfile; the load's split and the engine load's five costliest functions."""
+    engine = generator.engine
+    top: dict[str, float] = {}
+    engine.load_weights = lambda weights: top.update(top_functions(lambda: type(engine).load_weights(engine, weights)))
+    try:
+        generator.load_weights(payload)
+    finally:
+        del engine.load_weights  # the engine's own method again
+    return generator.last_load | {"engine_top_s": top}
+
+
 def profiled_load(gen: ray.actor.ActorHandle, state: dict[str, torch.Tensor], version: int) -> dict:
     """One more (untimed) load into `gen`, under cProfile: the generator's own split of its load."""
-    ray.get(gen.load_weights.remote(ray.put(pack(state, version=version, transport="object_store")), profile=True))
-    return ray.get(gen.info.remote())["last_load"]
+    payload = ray.put(pack(state, version=version, transport="object_store"))
+    ref: Any = gen.__ray_call__.remote(_load_under_profile, payload)
+    return ray.get(ref)
 
 
 def sizes(ctx: BenchContext) -> list[str]:

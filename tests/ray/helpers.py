@@ -1,9 +1,13 @@
-"""Reference computations the Ray tests compare against (plain transformers, no Ray)."""
+"""Reference computations the Ray tests compare against (plain transformers), and the probe that
+reads a live generator's greedy output."""
 
 from __future__ import annotations
 
+import ray
 import torch
 from transformers import AutoModelForCausalLM
+
+from evolve_ray.engines.base import SamplingSpec
 
 
 @torch.no_grad()
@@ -22,3 +26,16 @@ def hf_greedy(model_or_path, prompt_ids: list[list[int]], max_new_tokens: int, e
         )[0, len(ids) :].tolist()
         outs.append(gen[:-1] if gen and gen[-1] == eos_id else gen)
     return outs
+
+
+def greedy_ids(generator, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """A live generator actor's greedy continuation of each prompt: a test probe run inside the
+    actor's process (`__ray_call__`), so the product class carries no test-only method. A
+    generator marked broken refuses it as it refuses work."""
+
+    def probe(gen) -> list[list[int]]:  # a closure: pickled by value, nothing to import in the actor
+        gen._check_alive()
+        spec = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+        return [o.token_ids for o in gen.engine.generate(prompt_ids, spec, [0] * len(prompt_ids))]
+
+    return ray.get(generator.__ray_call__.remote(probe))

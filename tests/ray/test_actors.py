@@ -14,12 +14,12 @@ from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import load_config
 from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.engines.base import WeightLoadError
-from evolve_ray.scoring import conversation_ids
+from evolve_ray.engines.scoring import conversation_ids
 from evolve_ray.sync.transport import pack
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Prompt
 
-from .helpers import hf_greedy
+from .helpers import greedy_ids, hf_greedy
 
 TASK = ArithTask()
 QUESTIONS = ["12+34=", "50+7=", "what is 9+9?", "3+4="]
@@ -56,7 +56,7 @@ def _prompts(n: int = 4) -> list[Prompt]:
 
 def test_greedy_through_actor_equals_transformers(generators, tokenizer, cfg) -> None:
     ids = [chat_prompt_ids(tokenizer, q) for q in QUESTIONS]
-    got = ray.get(generators[0].generate_greedy_ids.remote(ids, 16))
+    got = greedy_ids(generators[0], ids, 16)
     assert ray.get(generators[0].info.remote())["backend"] == "vllm"
     assert got == hf_greedy(cfg.model.policy, ids, 16, tokenizer.eos_token_id)
 
@@ -89,9 +89,9 @@ def test_weights_loaded_in_place_change_output_to_transformers_and_bump_version(
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    before = ray.get(g.generate_greedy_ids.remote(ids, 12))
+    before = greedy_ids(g, ids, 12)
     version = ray.get(g.load_weights.remote(pack(model.state_dict(), version=7, transport="object_store")))
-    after = ray.get(g.generate_greedy_ids.remote(ids, 12))
+    after = greedy_ids(g, ids, 12)
     assert version == 7 and ray.get(g.version.remote()) == 7
     assert after == hf_greedy(model, ids, 12, tokenizer.eos_token_id)
     assert after != before
@@ -100,13 +100,13 @@ def test_weights_loaded_in_place_change_output_to_transformers_and_bump_version(
 def test_bad_weight_payload_is_refused_and_old_weights_keep_serving(generators, tokenizer, cfg) -> None:
     g = generators[0]
     ids = [chat_prompt_ids(tokenizer, QUESTIONS[0])]
-    before = ray.get(g.generate_greedy_ids.remote(ids, 8))
+    before = greedy_ids(g, ids, 8)
     sd = load_file(f"{cfg.model.policy}/model.safetensors")
     sd["lm_head.weight"] = sd["lm_head.weight"][:-1]  # wrong shape
     with pytest.raises(WeightLoadError, match="lm_head.weight"):
         ray.get(g.load_weights.remote(pack(sd, version=99, transport="object_store")))
     assert ray.get(g.version.remote()) == 0
-    assert ray.get(g.generate_greedy_ids.remote(ids, 8)) == before
+    assert greedy_ids(g, ids, 8) == before
 
 
 def test_scorer_equals_reward_model_forward(ray_cluster, cfg, tiny_models, tokenizer) -> None:

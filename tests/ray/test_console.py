@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from evolve_ray.report import load_rows
-from evolve_ray.status import format_status
+from evolve_ray.reporting.report import load_rows
+from evolve_ray.reporting.status import format_status
 
 from .cli_process import REPO, Driver, cli_env
 
@@ -82,7 +82,7 @@ def test_demo_console_is_short_ends_with_the_table_and_status_follows_it(tmp_pat
     assert "Reporting training result" in log and "(GeneratorActor pid=" in log  # kept, just not on the console
     assert "RotaryEmbedding: Failed to load weights" not in log  # filtered at the source (vllm_engine.py)
     assert "Autoscaler status" not in log  # its status block every 5 s (console._autoscaler_events)
-    # the start-up split of a process's first run, imports included (evolve_ray/timeline.py)
+    # the start-up split of a process's first run, imports included (evolve_ray/driver/timeline.py)
     assert re.search(r"time outside the rounds: imports [\d.]+ s, cluster [\d.]+ s, actors [\d.]+ s", log)
 
     done = subprocess.run(

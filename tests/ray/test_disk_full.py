@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evolve_ray.report import load_rows
+from evolve_ray.reporting.report import load_rows
 
 from .cli_process import Driver, cli_env
 
@@ -25,7 +25,8 @@ LIMIT = 4000  # bytes: metrics.json and state.json fit, the eval outputs (~4.3 K
 
 
 def main(limit: str, *argv: str) -> None:
-    from evolve_ray import cli, loop
+    from evolve_ray import cli
+    from evolve_ray.driver import loop
 
     real_start = loop.evaluate_start
 

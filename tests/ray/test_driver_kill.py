@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from evolve_ray.report import load_rows
+from evolve_ray.reporting.report import load_rows
 from evolve_ray.rundir import read_parquet_rows
 
 from .cli_process import Driver

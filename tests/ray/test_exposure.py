@@ -24,7 +24,7 @@ from .cli_process import Driver, cli_env
 CONNECT = """
 import json, sys
 import ray
-from evolve_ray import loop
+from evolve_ray.driver import loop
 from evolve_ray.config import load_config
 loop.connect(load_config(None, ["cluster.num_cpus=1", *sys.argv[2:]]))
 print(json.dumps({"webui": ray._private.worker.global_worker.node.address_info["webui_url"]}), flush=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from evolve_ray import loop
-from evolve_ray.fleet import Fleet
-from evolve_ray.report import load_rows
+from evolve_ray.driver import loop
+from evolve_ray.driver.fleet import Fleet
+from evolve_ray.reporting.report import load_rows
 
 from .test_run import tiny_cfg
 

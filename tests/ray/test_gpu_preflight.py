@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from evolve_ray import loop
+from evolve_ray.driver import loop
 from evolve_ray.errors import UserError
 
 from .cli_process import Driver

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from evolve_ray import loop
+from evolve_ray.driver import loop
 from evolve_ray.models.loading import load_tokenizer
-from evolve_ray.report import load_rows
+from evolve_ray.reporting.report import load_rows
 
 from .test_run import tiny_cfg
 

@@ -25,9 +25,9 @@ from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.config import dump_yaml, load_config, replace
 from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.engines.base import WeightLoadError
-from evolve_ray.export import export_model
 from evolve_ray.models.loading import load_policy
 from evolve_ray.models.lora import adapter_tensors, attach, save_adapter
+from evolve_ray.reporting.export import export_model
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.batching import build_examples, loss_terms
 from evolve_ray.train.job import TrainerGroup
@@ -35,7 +35,7 @@ from evolve_ray.train.parallel import load_trainable, trainable_state_dict
 from evolve_ray.train.step import term_logps
 from tests.pairs import fact_pairs
 
-from .helpers import hf_greedy
+from .helpers import greedy_ids, hf_greedy
 
 FACTS = [
     ("2+2=", "4", "5"),
@@ -142,7 +142,7 @@ def test_a_zero_adapter_serves_the_base_outputs_exactly(generators, cfg, ids, to
     """Before any round: an adapter whose B matrices are zero, pushed as version 0 to both engines."""
     base = str(cfg.model.policy)
     want = hf_greedy(base, ids, NEW_TOKENS, tokenizer.eos_token_id)
-    assert ray.get(generators[0].generate_greedy_ids.remote(ids, NEW_TOKENS)) == want  # LoRA on, no adapter yet
+    assert greedy_ids(generators[0], ids, NEW_TOKENS) == want  # LoRA on, no adapter yet
     model = attach(load_policy(base), cfg.training.lora, None)
     tensors = adapter_tensors(model, trainable_state_dict(model))
     assert all(not t.any() for k, t in tensors.items() if "lora_B" in k) and any(t.any() for t in tensors.values())
@@ -152,7 +152,7 @@ def test_a_zero_adapter_serves_the_base_outputs_exactly(generators, cfg, ids, to
     )
     assert ray.get([g.load_weights.remote(ray.put(payload)) for g in generators]) == [0, 0]
     for g in generators:
-        assert ray.get(g.generate_greedy_ids.remote(ids, NEW_TOKENS)) == want
+        assert greedy_ids(g, ids, NEW_TOKENS) == want
 
 
 def test_a_round_trains_the_adapter_against_the_base_and_saves_it_in_peft_format(
@@ -181,7 +181,7 @@ def test_vllm_serves_the_adapter_as_transformers_runs_it(round0, generators, cfg
     assert hf_greedy(str(ckpt), ids, NEW_TOKENS, eos) == want  # transformers loads the checkpoint directory itself
     assert ray.get([g.version.remote() for g in generators]) == [1, 1]
     for g in generators:
-        assert ray.get(g.generate_greedy_ids.remote(ids, NEW_TOKENS)) == want
+        assert greedy_ids(g, ids, NEW_TOKENS) == want
     assert want != hf_greedy(str(cfg.model.policy), ids, NEW_TOKENS, eos)  # training changed the outputs
 
 
@@ -194,7 +194,7 @@ def test_the_second_rounds_adapter_replaces_the_first(round1, generators, cfg, r
     assert v1 != v2
     assert ray.get([g.version.remote() for g in generators]) == [2, 2]
     for g in generators:
-        assert ray.get(g.generate_greedy_ids.remote(ids, NEW_TOKENS)) == v2
+        assert greedy_ids(g, ids, NEW_TOKENS) == v2
 
 
 def test_a_pushed_adapter_of_another_rank_is_refused_and_the_served_one_stays(
@@ -206,7 +206,7 @@ def test_a_pushed_adapter_of_another_rank_is_refused_and_the_served_one_stays(
     model = attach(load_policy(base), LoraConfig(rank=16), None)
     tensors = adapter_tensors(model, trainable_state_dict(model))
     config = json.dumps({"r": 16, "lora_alpha": 16, "target_modules": ["q_proj"], "peft_type": "LORA"})
-    before = ray.get(generators[0].generate_greedy_ids.remote(ids, NEW_TOKENS))
+    before = greedy_ids(generators[0], ids, NEW_TOKENS)
     with pytest.raises(WeightLoadError, match="rank 16"):
         ray.get(
             generators[0].load_weights.remote(
@@ -214,7 +214,7 @@ def test_a_pushed_adapter_of_another_rank_is_refused_and_the_served_one_stays(
             )
         )
     assert ray.get(generators[0].version.remote()) == 2
-    assert ray.get(generators[0].generate_greedy_ids.remote(ids, NEW_TOKENS)) == before
+    assert greedy_ids(generators[0], ids, NEW_TOKENS) == before
 
 
 def test_a_generator_started_on_a_checkpoint_serves_its_adapter(round1, cfg, run_dir, ids, tokenizer) -> None:
@@ -225,7 +225,7 @@ def test_a_generator_started_on_a_checkpoint_serves_its_adapter(round1, cfg, run
     try:
         assert ray.get(g.info.remote())["version"] == 2
         want = hf_greedy(str(ckpt), ids, NEW_TOKENS, tokenizer.eos_token_id)
-        assert ray.get(g.generate_greedy_ids.remote(ids, NEW_TOKENS)) == want
+        assert greedy_ids(g, ids, NEW_TOKENS) == want
     finally:
         ray.kill(g)
 
@@ -251,7 +251,7 @@ def test_exports_load_in_transformers_and_vllm(round1, cfg, run_dir, ids, tokeni
     ]
     try:
         for g in gens:
-            assert ray.get(g.generate_greedy_ids.remote(ids, NEW_TOKENS)) == want
+            assert greedy_ids(g, ids, NEW_TOKENS) == want
     finally:
         for g in gens:
             ray.kill(g)

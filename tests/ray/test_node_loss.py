@@ -31,8 +31,8 @@ def main(out: str, policy: str, reward: str) -> None:
     from ray._private import state
     from ray.cluster_utils import Cluster
 
-    from evolve_ray import fleet, loop
     from evolve_ray.config import load_config
+    from evolve_ray.driver import fleet, loop
 
     cluster = Cluster(
         initialize_head=True,

@@ -19,8 +19,8 @@ import pytest
 from safetensors import safe_open
 
 from evolve_ray.config import PAPER_REFINE_TEMPLATE, load_config, read_yaml
-from evolve_ray.report import load_rows
-from evolve_ray.resume_settings import config_changes
+from evolve_ray.driver.resume_settings import config_changes
+from evolve_ray.reporting.report import load_rows
 
 from .cli_process import REPO, Driver
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from evolve_ray.comparison import ARMS, LR_GRID, columns
 from evolve_ray.errors import UserError
-from evolve_ray.report import load_rows
-from evolve_ray.reproduce import reproduce
+from evolve_ray.experiments.comparison import ARMS, LR_GRID, columns
+from evolve_ray.experiments.reproduce import reproduce
+from evolve_ray.reporting.report import load_rows
 
 
 def test_smoke_reproduce_writes_the_tables(ray_cluster, tmp_path: Path) -> None:

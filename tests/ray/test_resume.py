@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evolve_ray import loop
 from evolve_ray.cli import main
 from evolve_ray.config import load_config
-from evolve_ray.report import load_rows
-from evolve_ray.resume_settings import RESUMES_FILE
+from evolve_ray.driver import loop
+from evolve_ray.driver.resume_settings import RESUMES_FILE
+from evolve_ray.reporting.report import load_rows
 
 from .test_run import tiny_cfg
 

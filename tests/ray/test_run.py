@@ -15,10 +15,10 @@ import ray
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM
 
-from evolve_ray import loop
 from evolve_ray.config import load_config
-from evolve_ray.export import export
-from evolve_ray.report import load_rows
+from evolve_ray.driver import loop
+from evolve_ray.reporting.export import export
+from evolve_ray.reporting.report import load_rows
 
 ROUND_KEYS = [
     "gen/tokens_per_s",
@@ -110,7 +110,7 @@ def test_report_rows_have_documented_finite_keys(finished_run: Path) -> None:
 def test_startup_split_has_every_milestone_in_order(finished_run: Path) -> None:
     """RUN/startup.json: the driver's milestones; the trainer group starts after the generators
     are up (it overlaps the start evaluation and the first collect) and is ready before the end."""
-    from evolve_ray.timeline import PHASES
+    from evolve_ray.driver.timeline import PHASES
 
     doc = json.loads((finished_run / "startup.json").read_text())
     m = doc["marks"]
@@ -279,8 +279,8 @@ def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path, t
 
     The run's last row is published again through the loop's exporter: Ray drops a gauge's series
     a few seconds after its Python object is gone, and the finished run's exporter is."""
-    from evolve_ray.metric_keys import explain
-    from evolve_ray.metrics_export import MetricsExporter, prometheus_name
+    from evolve_ray.reporting.metric_keys import explain
+    from evolve_ray.reporting.metrics_export import MetricsExporter, prometheus_name
     from tests.unit.test_deploy_files import dashboard_targets
 
     rows = load_rows(finished_run)

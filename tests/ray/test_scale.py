@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 
 from evolve_ray.config import Config
-from evolve_ray.control import local_cpus
-from evolve_ray.report import load_rows
+from evolve_ray.driver.control import local_cpus
+from evolve_ray.reporting.report import load_rows
 
 from .cli_process import REPO, Driver, cli_env
 
@@ -276,9 +276,9 @@ def test_an_added_generator_an_existing_cluster_cannot_place_is_announced_then_g
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from evolve_ray.config import replace
-    from evolve_ray.control import Capacity, RunControl
-    from evolve_ray.fleet import Fleet
-    from evolve_ray.tasks.registry import make_task
+    from evolve_ray.driver.builders import make_task
+    from evolve_ray.driver.control import Capacity, RunControl
+    from evolve_ray.driver.fleet import Fleet
 
     from .test_run import tiny_cfg
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evolve_ray.report import load_rows
+from evolve_ray.reporting.report import load_rows
 
 from .cli_process import Driver
 from .test_scale import TURNS, run_args, user_env, wait_until

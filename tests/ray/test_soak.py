@@ -7,8 +7,8 @@ import psutil
 import ray
 from ray._private import state
 
-from evolve_ray import loop
-from evolve_ray.report import load_rows
+from evolve_ray.driver import loop
+from evolve_ray.reporting.report import load_rows
 
 from .test_run import tiny_cfg
 

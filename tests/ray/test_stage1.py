@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from evolve_ray.config import dump_yaml, load_config
-from evolve_ray.pipeline import stage1_config
-from evolve_ray.report import load_rows
-from evolve_ray.smoke import write_preference_file
+from evolve_ray.driver.pipeline import stage1_config
+from evolve_ray.driver.smoke import write_preference_file
+from evolve_ray.reporting.report import load_rows
 
 from ..unit.cli_helpers import assert_one_line_error, run_cli
 from .cli_process import Driver

@@ -21,7 +21,7 @@ from evolve_ray.train.job import TrainerError, TrainerGroup
 from evolve_ray.train.step import term_logps
 from tests.pairs import fact_pairs
 
-from .helpers import hf_greedy
+from .helpers import greedy_ids, hf_greedy
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def test_push_reaches_every_generator(round0, generators, cfg, tokenizer) -> Non
     ids = [chat_prompt_ids(tokenizer, q) for q, _, _ in FACTS[:4]]
     want = hf_greedy(ckpt, ids, 8, tokenizer.eos_token_id)
     for g in generators:
-        assert ray.get(g.generate_greedy_ids.remote(ids, 8)) == want
+        assert greedy_ids(g, ids, 8) == want
     assert want != hf_greedy(str(cfg.model.policy), ids, 8, tokenizer.eos_token_id)  # training changed outputs
 
 

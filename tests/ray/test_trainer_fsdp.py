@@ -19,7 +19,7 @@ from evolve_ray.train.job import TrainerGroup
 from tests.fsdp_case import FACTS, save_bf16_policy
 from tests.pairs import fact_pairs
 
-from .helpers import hf_greedy
+from .helpers import greedy_ids, hf_greedy
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -75,4 +75,4 @@ def test_fsdp_bf16_round_on_cpu_writes_and_pushes_a_bf16_checkpoint(ray_cluster,
     tok = load_tokenizer(str(policy))
     ids = [chat_prompt_ids(tok, q) for q, _, _ in FACTS]
     want = hf_greedy(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).eval(), ids, 8, tok.eos_token_id)
-    assert ray.get(generator.generate_greedy_ids.remote(ids, 8)) == want
+    assert greedy_ids(generator, ids, 8) == want

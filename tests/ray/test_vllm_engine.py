@@ -10,9 +10,9 @@ import torch
 
 from evolve_ray.config import load_config
 from evolve_ray.engines.base import SamplingSpec
+from evolve_ray.engines.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.engines.vllm_engine import VLLMEngine
 from evolve_ray.models.loading import load_policy, load_tokenizer
-from evolve_ray.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.types import Candidate, Prompt
 
 

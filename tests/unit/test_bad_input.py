@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from evolve_ray.config import ConfigError, load_config
+from evolve_ray.driver.preflight import check_gpus
 from evolve_ray.models.loading import load_tokenizer
-from evolve_ray.preflight import check_gpus
 
 from .cli_helpers import assert_one_line_error, run_cli
 

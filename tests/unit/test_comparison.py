@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import math
 
-from evolve_ray.comparison import ACC_COLUMNS, LR_GRID, SHARE_COLUMNS, aggregate, goals, lr_criterion, markdown
-from evolve_ray.reproduce import _best_lr
+from evolve_ray.experiments.comparison import (
+    ACC_COLUMNS,
+    LR_GRID,
+    SHARE_COLUMNS,
+    aggregate,
+    goals,
+    lr_criterion,
+    markdown,
+)
+from evolve_ray.experiments.reproduce import _best_lr
 
 
 def test_lr_criterion_reads_the_last_rounds_last_turn_on_round_prompts() -> None:

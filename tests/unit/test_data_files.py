@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from evolve_ray.config import DataConfig
+from evolve_ray.driver.builders import make_task
 from evolve_ray.errors import UserError
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.tasks.files import FileTask
 from evolve_ray.tasks.numeric import extract_final_number, numbers_equal
-from evolve_ray.tasks.registry import make_task
 
 
 def write_jsonl(path: Path, lines: list[object | bytes]) -> Path:

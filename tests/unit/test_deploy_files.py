@@ -76,8 +76,8 @@ def dashboard_targets() -> list[tuple[str, str]]:
 
 
 def test_grafana_dashboard_plots_documented_keys_under_their_exported_names() -> None:
-    from evolve_ray.metric_keys import explain
-    from evolve_ray.metrics_export import prometheus_name
+    from evolve_ray.reporting.metric_keys import explain
+    from evolve_ray.reporting.metrics_export import prometheus_name
 
     doc = json.loads((ROOT / "cluster" / "grafana_evolve_ray.json").read_text())
     assert doc["uid"] and doc["panels"] and {v["name"] for v in doc["templating"]["list"]} == {"datasource", "run"}

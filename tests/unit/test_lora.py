@@ -260,7 +260,7 @@ def test_a_run_starting_from_an_adapter_must_train_that_adapter(tmp_path) -> Non
     import pytest
 
     from evolve_ray.config import ConfigError, load_config
-    from evolve_ray.preflight import check_adapter_start
+    from evolve_ray.driver.preflight import check_adapter_start
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -17,8 +17,18 @@ import yaml
 
 from evolve_ray.cli import main
 from evolve_ray.config import Config, ConfigError, load_config
-from evolve_ray.memory_plan import GIB, ModelShape, Plan, Unknown, check_plan, format_plan, plan, plan_for, read_shape
-from evolve_ray.preflight import check_fits
+from evolve_ray.driver.memory_plan import (
+    GIB,
+    ModelShape,
+    Plan,
+    Unknown,
+    check_plan,
+    format_plan,
+    plan,
+    plan_for,
+    read_shape,
+)
+from evolve_ray.driver.preflight import check_fits
 from tests.unit.cli_helpers import assert_one_line_error, run_cli
 
 RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "llama8b_8gpu.yaml"

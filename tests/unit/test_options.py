@@ -11,7 +11,6 @@ import typing
 
 import pytest
 
-from evolve_ray.comparison import SMOKE_SETS, arms, seed_sets
 from evolve_ray.config import (
     DEMO_SETS,
     Config,
@@ -22,9 +21,10 @@ from evolve_ray.config import (
     overrides_of,
     replace,
 )
+from evolve_ray.driver.builders import TASKS
+from evolve_ray.experiments.comparison import SMOKE_SETS, arms, seed_sets
 from evolve_ray.options import DOC, All, AnyOf, Cond, fields, options_markdown, value_of
 from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.tasks.registry import TASKS
 
 from .cli_helpers import assert_one_line_error, run_cli
 
@@ -341,7 +341,7 @@ def test_the_table_lists_every_option_once_with_where_it_applies() -> None:
 def test_settings_inherited_where_they_do_not_apply_are_not_refused(tmp_path) -> None:
     """Stage 1 takes the run's settings with no strategies to compare (pipeline.stage1_config): the
     comparison's temperatures and budget stay, unused, and are not the user's doing there."""
-    from evolve_ray.pipeline import stage1_config
+    from evolve_ray.driver.pipeline import stage1_config
 
     cfg = load_config(
         None,

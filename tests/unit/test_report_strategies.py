@@ -4,9 +4,9 @@ compared; the budget the N and K were matched to is said."""
 
 from __future__ import annotations
 
-from evolve_ray.metric_keys import explain
-from evolve_ray.report import append_row, write_report
-from evolve_ray.report_strategies import PLOT, final_line
+from evolve_ray.reporting.metric_keys import explain
+from evolve_ray.reporting.report import append_row, write_report
+from evolve_ray.reporting.report_strategies import PLOT, final_line
 
 
 def _strategy(name: str, n: int, k: int, t: float, acc: float, tokens: float, prompt_tokens: float) -> dict:

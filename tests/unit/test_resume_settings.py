@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from evolve_ray.config import dump_yaml, load_config
-from evolve_ray.errors import UserError
-from evolve_ray.resume_settings import (
+from evolve_ray.driver.resume_settings import (
     RESUMES_FILE,
     ResumeRefused,
     check_changes,
@@ -22,6 +21,7 @@ from evolve_ray.resume_settings import (
     record_resume,
     rounds_done,
 )
+from evolve_ray.errors import UserError
 
 from .cli_helpers import assert_one_line_error, run_cli
 

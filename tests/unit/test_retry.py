@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evolve_ray.retry import MAX_ATTEMPTS, Attempts
+from evolve_ray.driver.retry import MAX_ATTEMPTS, Attempts
 
 
 def test_the_last_try_fails_the_unit_and_units_count_apart() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from evolve_ray.config import Config, replace
-from evolve_ray.control import (
+from evolve_ray.driver.control import (
     Capacity,
     Located,
     auth_record,
@@ -25,7 +25,7 @@ from evolve_ray.control import (
     use_auth,
 )
 from evolve_ray.errors import UserError
-from evolve_ray.status import StatusWriter, format_status
+from evolve_ray.reporting.status import StatusWriter, format_status
 
 from .cli_helpers import assert_one_line_error, run_cli
 

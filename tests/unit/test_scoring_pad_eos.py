@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from evolve_ray.config import load_config
+from evolve_ray.engines.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.models.loading import load_reward, load_tokenizer
-from evolve_ray.scoring import RewardModelScorer, conversation_ids
 from evolve_ray.types import Candidate, Prompt
 
 QA = [

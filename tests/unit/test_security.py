@@ -44,7 +44,7 @@ def _name(call: ast.Call) -> str:
 def test_no_code_path_hardwires_trust_remote_code() -> None:
     """Every loader on the run path hands trust_remote_code through, and nothing sets it to True."""
     run_path = [*PACKAGE.glob("models/*.py"), *PACKAGE.glob("engines/*.py"), *PACKAGE.glob("train/*.py")]
-    run_path += [PACKAGE / "scoring.py", PACKAGE / "preflight.py", *PACKAGE.glob("actors/*.py")]
+    run_path += [PACKAGE / "engines" / "scoring.py", PACKAGE / "driver" / "preflight.py", *PACKAGE.glob("actors/*.py")]
     loaders = {"from_pretrained", "LLM", "load_policy", "load_reward", "load_tokenizer", "check_model_path"}
     missing = []
     for path in PACKAGE.rglob("*.py"):
@@ -79,11 +79,11 @@ import sys
 from pathlib import Path
 from evolve_ray.config import load_config
 from evolve_ray.errors import UserError
-from evolve_ray.preflight import resolve_models
+from evolve_ray.driver.preflight import resolve_models
 policy, reward, run, trust = sys.argv[1:]
 cfg = load_config(None, [f"model.policy={policy}", f"model.reward={reward}", f"model.trust_remote_code={trust}"])
 try:
-    resolve_models(cfg, Path(run))
+    resolve_models(cfg)
     print("loaded")
 except UserError as e:
     print("refused:", e)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from evolve_ray import console
+from evolve_ray.driver import console
 from evolve_ray.errors import UserError
-from evolve_ray.report import append_row
+from evolve_ray.reporting.report import append_row
+from evolve_ray.reporting.status import STALE_AFTER_S, StatusWriter, format_status, read_status
 from evolve_ray.rundir import round_dir, write_json
-from evolve_ray.status import STALE_AFTER_S, StatusWriter, format_status, read_status
 
 
 @pytest.fixture
@@ -99,9 +99,9 @@ def test_quiet_filter_keeps_project_info_and_everyone_s_warnings() -> None:
     def rec(name: str, level: int) -> logging.LogRecord:
         return logging.LogRecord(name, level, "x.py", 1, "m", None, None)
 
-    assert f.filter(rec("evolve_ray.loop", logging.INFO)) and f.filter(rec("ray.train", logging.WARNING))
+    assert f.filter(rec("evolve_ray.driver.loop", logging.INFO)) and f.filter(rec("ray.train", logging.WARNING))
     assert not f.filter(rec("ray.train", logging.INFO))
-    assert f.filter(rec("evolve_ray.loop", logging.DEBUG))  # the handler's level (run.log_level) decides
+    assert f.filter(rec("evolve_ray.driver.loop", logging.DEBUG))  # the handler's level (run.log_level) decides
 
 
 @pytest.mark.parametrize(("verbose", "level"), [(False, "WARNING"), (False, "DEBUG"), (True, "ERROR")])
@@ -111,11 +111,11 @@ def test_run_log_level_reaches_the_console_and_run_log_keeps_info(tmp_path: Path
     code = (
         "import logging\n"
         "from pathlib import Path\n"
-        "from evolve_ray import console\n"
+        "from evolve_ray.driver import console\n"
         f"console.setup(verbose={verbose})\n"
         f"console.set_level({level!r})\n"
         f"with console.run_log(Path({str(tmp_path)!r})):\n"
-        "    log = logging.getLogger('evolve_ray.loop')\n"
+        "    log = logging.getLogger('evolve_ray.driver.loop')\n"
         "    log.debug('a debug line'); log.info('an info line'); log.warning('a warning line')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

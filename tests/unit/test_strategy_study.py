@@ -10,7 +10,7 @@ import pytest
 
 from evolve_ray.config import ConfigError, best_of_n_unpicked, load_config
 from evolve_ray.core.strategies import budget_grid, estimated_cost, final_metrics, match_budget, turn_costs
-from evolve_ray.strategy_study import StrategyRun, picked_figures, plan_comparison
+from evolve_ray.reporting.strategy_study import StrategyRun, picked_figures, plan_comparison
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Candidate, Prompt, ScoredCandidate
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from evolve_ray.metric_keys import explain, glossary_for
-from evolve_ray.report import append_row, write_report
-from evolve_ray.summary import MAX_COLUMNS, headline, headline_text, split_columns, stage_line
+from evolve_ray.reporting.metric_keys import explain, glossary_for
+from evolve_ray.reporting.report import append_row, write_report
+from evolve_ray.reporting.summary import MAX_COLUMNS, headline, headline_text, split_columns, stage_line
 
 
 def eval_row(round_: int, acc: list[float], **extra: float) -> dict:

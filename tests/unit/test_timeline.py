@@ -8,7 +8,7 @@ import json
 import pytest
 
 from evolve_ray.bench.demo import outside_split
-from evolve_ray.timeline import STARTUP_FILE, Timeline, phases, phases_text
+from evolve_ray.driver.timeline import STARTUP_FILE, Timeline, phases, phases_text
 
 
 def test_marks_keep_their_first_time_and_the_file_follows(tmp_path) -> None:

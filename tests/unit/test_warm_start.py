@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from evolve_ray.config import load_config
-from evolve_ray.models.loading import load_policy, load_reward, load_tokenizer
-from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer
-from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.types import Prompt
-from evolve_ray.warmstart import PARTS, SHIPPED, is_complete
-from evolve_ray.warmstart.data import (
+from evolve_ray.experiments.warmstart.data import (
     ERROR_KINDS,
     _no_carry_sum,
     operands,
@@ -25,9 +20,20 @@ from evolve_ray.warmstart.data import (
     sft_pairs,
     wrong_answer,
 )
-from evolve_ray.warmstart.reward import reward_on_policy_samples
-from evolve_ray.warmstart.spec import WarmStartSpec
-from evolve_ray.warmstart.train import generate, own_wrong_answers, refinement_probe, reward_agreement, train_sft
+from evolve_ray.experiments.warmstart.reward import reward_on_policy_samples
+from evolve_ray.experiments.warmstart.spec import WarmStartSpec
+from evolve_ray.experiments.warmstart.train import (
+    generate,
+    own_wrong_answers,
+    refinement_probe,
+    reward_agreement,
+    train_sft,
+)
+from evolve_ray.models.loading import load_policy, load_reward, load_tokenizer
+from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer
+from evolve_ray.models.warm_start import PARTS, SHIPPED, is_complete
+from evolve_ray.tasks.arith import ArithTask
+from evolve_ray.types import Prompt
 
 # Measured on the shipped reward model (manifest.json: measured.reward); the test allows a few
 # points less so that a rebuild on another CPU (float differences) does not fail it.
@@ -141,7 +147,9 @@ def test_sft_lowers_the_loss_and_is_deterministic() -> None:
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    assert is_complete(SHIPPED), f"the warm start is missing from {SHIPPED}: python -m evolve_ray.warmstart.build"
+    assert is_complete(SHIPPED), (
+        f"the warm start is missing from {SHIPPED}: python -m evolve_ray.experiments.warmstart.build"
+    )
     return json.loads((SHIPPED / "manifest.json").read_text())
 
 
@@ -256,7 +264,7 @@ def test_sft_stops_when_the_measured_target_says_so() -> None:
 
 def test_a_partial_rebuild_needs_a_manifest_that_describes_the_kept_parts(tmp_path) -> None:
     """Parts not rebuilt are only kept when a manifest built them with the same recipe."""
-    from evolve_ray.warmstart.build import build_warm_start
+    from evolve_ray.experiments.warmstart.build import build_warm_start
 
     with pytest.raises(SystemExit, match="no manifest describes"):
         build_warm_start(tmp_path, parts=("policy",))
@@ -273,7 +281,7 @@ def test_a_partial_rebuild_needs_a_manifest_that_describes_the_kept_parts(tmp_pa
 
 def test_a_reward_model_that_learns_from_the_policys_answers_is_rebuilt_with_it(tmp_path) -> None:
     """With own negatives the reward part depends on the policy's recipe and on its built weights."""
-    from evolve_ray.warmstart.build import build_warm_start
+    from evolve_ray.experiments.warmstart.build import build_warm_start
 
     own = WarmStartSpec(rm_own_samples=2)
     spec = json.loads(json.dumps(dataclasses.asdict(own)))
@@ -291,7 +299,7 @@ def test_a_reward_model_that_learns_from_the_policys_answers_is_rebuilt_with_it(
 def test_reward_training_triples_harvest_the_shipped_policys_own_wrong_answers() -> None:
     """The build's path for rm_own_samples: the policy in the output directory answers the train
     prompts, and its wrong answers become negatives, counted for the manifest."""
-    from evolve_ray.warmstart.reward import reward_training_triples
+    from evolve_ray.experiments.warmstart.reward import reward_training_triples
 
     torch.set_num_threads(1)
     spec = dataclasses.replace(WarmStartSpec(), train_prompts=200, rm_own_samples=2, rm_own_share=1.0)

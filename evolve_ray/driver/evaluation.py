@@ -26,8 +26,8 @@ from evolve_ray.config import Config, best_of_n_unpicked
 from evolve_ray.core.stats import accuracy_stats, chain_scores, turn_lengths, turn_stats
 from evolve_ray.core.strategies import BEST_OF_N, turn_costs
 from evolve_ray.errors import UserError
+from evolve_ray.reporting.strategy_study import StrategyRun, picked_figures, plan_comparison
 from evolve_ray.rundir import write_parquet
-from evolve_ray.strategy_study import StrategyRun, picked_figures, plan_comparison
 from evolve_ray.types import Candidate, Prompt, Score, from_row, to_row
 
 log = logging.getLogger(__name__)

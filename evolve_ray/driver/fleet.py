@@ -38,8 +38,8 @@ from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import Config
+from evolve_ray.driver.retry import Attempts
 from evolve_ray.errors import UserError
-from evolve_ray.retry import Attempts
 from evolve_ray.tasks.base import Task
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from evolve_ray.config import LORA_TARGETS, Config, ConfigError, LoraConfig
-from evolve_ray.warmstart import SHIPPED
+from evolve_ray.models.warm_start import SHIPPED
 
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -2,7 +2,7 @@
 task by Stage 1 (self-refinement-aware SFT), the same recipe without the refinement term (the
 "direct answers only" baseline), and a small reward model trained on verifier labels.
 
-    python -m evolve_ray.warmstart.build evolve_ray/assets/warm_start
+    python -m evolve_ray.experiments.warmstart.build evolve_ray/assets/warm_start
 
 rebuilds the shipped checkpoints (seeded; one CPU thread by default, so a rerun on the same
 kind of machine writes the same bytes). manifest.json records the spec, the refinement
@@ -23,14 +23,26 @@ import torch
 from transformers import PreTrainedModel
 
 from evolve_ray.config import TrainingConfig
+from evolve_ray.experiments.warmstart.data import sft_pairs
+from evolve_ray.experiments.warmstart.reward import reward_on_policy_samples, train_reward_model
+from evolve_ray.experiments.warmstart.spec import (
+    ADDED_FIELDS,
+    PART_FIELDS,
+    WarmStartSpec,
+    reward_fields,
+    validation_prompts,
+)
+from evolve_ray.experiments.warmstart.train import (
+    chain_eval,
+    direct_accuracy,
+    own_wrong_answers,
+    refinement_probe,
+    train_sft,
+)
 from evolve_ray.models.loading import load_policy
 from evolve_ray.models.tiny import build_policy, build_tokenizer, save
+from evolve_ray.models.warm_start import PARTS, SHIPPED, STAGE_1A
 from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.warmstart import PARTS, SHIPPED, STAGE_1A
-from evolve_ray.warmstart.data import sft_pairs
-from evolve_ray.warmstart.reward import reward_on_policy_samples, train_reward_model
-from evolve_ray.warmstart.spec import ADDED_FIELDS, PART_FIELDS, WarmStartSpec, reward_fields, validation_prompts
-from evolve_ray.warmstart.train import chain_eval, direct_accuracy, own_wrong_answers, refinement_probe, train_sft
 
 log = logging.getLogger(__name__)
 DEFAULT_SPEC = WarmStartSpec()  # the shipped recipe (a frozen dataclass: one shared instance)
@@ -192,7 +204,7 @@ def build_warm_start(
     measured["build_seconds"] = round(time.perf_counter() - t0, 1)
     manifest = {
         "stage_1a": "trained" if stage_1a is None else f"read from {stage_1a.name}/",
-        "command": "python -m evolve_ray.warmstart.build"
+        "command": "python -m evolve_ray.experiments.warmstart.build"
         + ("" if set(parts) == set(PARTS) else " --parts " + ",".join(parts)),
         "spec": dataclasses.asdict(spec),
         "torch_threads": torch.get_num_threads(),
@@ -204,7 +216,9 @@ def build_warm_start(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evolve_ray.warmstart.build", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m evolve_ray.experiments.warmstart.build", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("out", nargs="?", default=str(SHIPPED), help="output directory (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: byte-reproducible)")
     ap.add_argument(

@@ -6,7 +6,7 @@ with `loop.eval_model`. An arm that chooses its own learning rate first runs see
 value of the grid and keeps the one with the best `comparison.lr_criterion` (round prompts only);
 that run is its seed-`seeds[0]` result, and the other seeds run at the chosen value. Every
 arm-seed result is written to ARM[/lrX]/seedN/row.json as soon as it exists, so rerunning with the
-same --out skips what is done. The table logic is in evolve_ray.comparison.
+same --out skips what is done. The table logic is in evolve_ray.experiments.comparison.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import Any
 
 import ray
 
-from evolve_ray import loop
-from evolve_ray.comparison import (
+from evolve_ray.config import DEMO_SETS, load_config, overrides_of
+from evolve_ray.driver import loop
+from evolve_ray.errors import UserError
+from evolve_ray.experiments.comparison import (
     LR_GRID,
     SMOKE_SETS,
     TURNS,
@@ -33,11 +35,9 @@ from evolve_ray.comparison import (
     row_from_metrics,
     seed_sets,
 )
-from evolve_ray.config import DEMO_SETS, load_config, overrides_of
-from evolve_ray.errors import UserError
-from evolve_ray.report import load_rows
+from evolve_ray.models.warm_start import warm_start_dir
+from evolve_ray.reporting.report import load_rows
 from evolve_ray.rundir import read_json, write_json
-from evolve_ray.warmstart import warm_start_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     base = [*DEMO_SETS, *sets, *(SMOKE_SETS if smoke else ())]
     cfg = load_config(None, base=overrides_of(config, base))  # checked where it applies: in the arms
-    warm = warm_start_dir(out / "warm_start", template=cfg.refinement.template)
+    warm = warm_start_dir(template=cfg.refinement.template)
     started = not ray.is_initialized()
     result: dict[str, Any] = {
         "command": command,

@@ -1,6 +1,6 @@
 """Checks and resolution done before any actor starts: model paths, tokenizer, sizes.
 
-An empty `model.policy` / `model.reward` means the built-in warm start (evolve_ray.warmstart): a
+An empty `model.policy` / `model.reward` means the built-in warm start (evolve_ray.models.warm_start): a
 tiny Stage-1 policy at partial skill on the addition task and a reward model trained on verifier
 labels, shipped with the package (built into the run directory if missing). No ray here.
 """
@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from evolve_ray.config import Config, ConfigError
-from evolve_ray.memory_plan import Plan, check_plan, plan_for
+from evolve_ray.driver.memory_plan import Plan, check_plan, plan_for
 from evolve_ray.models.loading import check_model_path, load_tokenizer
-from evolve_ray.warmstart import warm_start_dir
+from evolve_ray.models.warm_start import warm_start_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,14 @@ class ResolvedModels:
     tokenizer: str
 
 
-def resolve_models(cfg: Config, run_dir: Path, *, picks: bool = False) -> ResolvedModels:
+def resolve_models(cfg: Config, *, picks: bool = False) -> ResolvedModels:
     """The models' paths, checked. `picks`: a reward model is needed to pick best-of-N in evaluation
     even under scoring.kind=verifier (config.best_of_n_unpicked says when there is none)."""
     m = cfg.model
     policy, reward = m.policy, m.reward
     needs_reward = cfg.scoring.kind == "reward_model" or picks
     if not policy or (not reward and needs_reward):
-        built_in = warm_start_dir(run_dir / "models" / "warm_start", template=cfg.refinement.template)
+        built_in = warm_start_dir(template=cfg.refinement.template)
         policy = policy or str(built_in / "policy")
         reward = reward or str(built_in / "reward")
     check_model_path(policy, what="model.policy", trust_remote_code=m.trust_remote_code)
@@ -84,7 +83,7 @@ def check_gpus(cfg: Config, cluster_gpus: float, *, training: bool = True) -> No
 
 def check_fits(cfg: Config, policy: str, reward: str, cluster_resources: Mapping[str, float]) -> Plan:
     """Refuse, in one line, a run whose roles cannot fit: the CPUs or GPUs all roles reserve
-    against the cluster's, and each role's memory per GPU against a GPU's (evolve_ray.memory_plan).
+    against the cluster's, and each role's memory per GPU against a GPU's (evolve_ray.driver.memory_plan).
 
     Args:
         policy, reward: the resolved model paths (`resolve_models`).

@@ -14,10 +14,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evolve_ray.metric_keys import GLOSSARY, explain, glossary_for
-from evolve_ray.report_strategies import strategy_blocks
+from evolve_ray.reporting.metric_keys import GLOSSARY, explain, glossary_for
+from evolve_ray.reporting.report_strategies import strategy_blocks
+from evolve_ray.reporting.summary import (
+    MAX_COLUMNS,
+    eval_quantity,
+    fmt,
+    headline,
+    headline_text,
+    round_label,
+    split_columns,
+)
 from evolve_ray.rundir import atomic_write, read_json, write_json
-from evolve_ray.summary import MAX_COLUMNS, eval_quantity, fmt, headline, headline_text, round_label, split_columns
 
 REPORT_JSON = "report.json"
 _TURN = re.compile(r"^eval/turn_(\d+)_(score|accuracy)$")

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import ray
 from tqdm import tqdm
 
-from evolve_ray.fleet import ROLES, Launch, add_up
+from evolve_ray.driver.fleet import ROLES, Launch, add_up
 from evolve_ray.types import Prompt
 
 if TYPE_CHECKING:
-    from evolve_ray.loop import Session
+    from evolve_ray.driver.session import Session
 
 
 def draw_prompts(s: Session, round_: int) -> list[Prompt]:

@@ -1,14 +1,14 @@
 """The demo's warm start: a Stage-1 policy at partial skill and a learned reward model, shipped
-with the package (evolve_ray/assets/warm_start) and rebuilt by `python -m evolve_ray.warmstart.build`.
-
-Pure: no ray, no vllm; torch only when a missing warm start has to be built.
-"""
+with the package (evolve_ray/assets/warm_start) and rebuilt by
+`python -m evolve_ray.experiments.warmstart.build`. Pure: no ray, no vllm, no torch."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+
+from evolve_ray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +24,18 @@ def is_complete(root: Path) -> bool:
     return all((root / part / "model.safetensors").is_file() for part in PARTS) and (root / "manifest.json").is_file()
 
 
-def warm_start_dir(fallback: Path, *, template: str) -> Path:
-    """The shipped warm start, or one built into `fallback` (minutes on CPU) when it is missing.
+def warm_start_dir(*, template: str) -> Path:
+    """The shipped warm start (a missing one is a broken install: one line says how to rebuild it).
 
     Logs a warning when `template` is not the refinement template the policy was taught with:
     the policy still runs, but its refinement turns see a prompt it never trained on.
     """
-    root = SHIPPED if is_complete(SHIPPED) else fallback
-    if not is_complete(root):
-        from evolve_ray.warmstart.build import build_warm_start
-
-        log.warning("no shipped warm start at %s: building one in %s (a few minutes on CPU)", SHIPPED, root)
-        build_warm_start(root, stage_1a=STAGE_1A if (STAGE_1A / "policy").is_dir() else None)
-    taught = json.loads((root / "manifest.json").read_text(encoding="utf-8"))["spec"]["template"]
+    if not is_complete(SHIPPED):
+        raise UserError(
+            f"the built-in warm start is missing from {SHIPPED}: reinstall the package or rebuild it "
+            "with `python -m evolve_ray.experiments.warmstart.build` (a few minutes on CPU)"
+        )
+    taught = json.loads((SHIPPED / "manifest.json").read_text(encoding="utf-8"))["spec"]["template"]
     if template != taught:
         log.warning("refinement.template differs from the one the built-in warm start was trained on: %r", taught)
-    return root
+    return SHIPPED

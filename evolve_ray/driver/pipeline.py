@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evolve_ray import loop
 from evolve_ray.config import Config, dump_yaml, load_config, read_yaml, replace
+from evolve_ray.driver import loop
+from evolve_ray.driver.resume_settings import config_changes, plan_resume
+from evolve_ray.driver.session import Session, Step
 from evolve_ray.errors import UserError
-from evolve_ray.resume_settings import config_changes, plan_resume
 from evolve_ray.rundir import atomic_write, check_writable, checkpoint_dir, read_json, round_dir
 from evolve_ray.tasks.preferences import PreferenceSet
 from evolve_ray.types import to_row
@@ -76,11 +77,11 @@ def _stage2_start(cfg: Config, run_dir: Path) -> Path:
     return stage1_checkpoint(run_dir)
 
 
-def _pairs(s: loop.Session) -> list[Any]:
+def _pairs(s: Session) -> list[Any]:
     return s.task.pairs(s.cfg.refinement.template, max_rows=s.cfg.sft.max_rows)
 
 
-def load_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
+def load_pairs(s: Session, round_: int) -> dict[str, Any]:
     """Stage 1's collect stage: the file's pairs, written to rounds/r000/pairs.jsonl for inspection."""
     pairs = _pairs(s)
     lines = "".join(json.dumps(to_row(p), ensure_ascii=False) + "\n" for p in pairs)
@@ -90,11 +91,11 @@ def load_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
     return {"pairs/count": float(len(pairs)), "data/eval_prompts": float(held_out)} | skipped  # direct + refine
 
 
-def train_pairs(s: loop.Session, round_: int) -> dict[str, Any]:
+def train_pairs(s: Session, round_: int) -> dict[str, Any]:
     return loop.train_on(s, round_, _pairs(s))
 
 
-STAGE1_STEPS: Sequence[loop.Step] = (("collect", load_pairs), ("train", train_pairs), ("evaluate", loop.evaluate))
+STAGE1_STEPS: Sequence[Step] = (("collect", load_pairs), ("train", train_pairs), ("evaluate", loop.evaluate))
 
 
 def run_stage1(cfg: Config, run_dir: Path) -> Path:

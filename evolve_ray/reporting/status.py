@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from evolve_ray.errors import UserError
-from evolve_ray.report import load_rows
+from evolve_ray.reporting.report import load_rows
+from evolve_ray.reporting.summary import headline_text, stage_line
 from evolve_ray.rundir import read_json, round_dir, write_json
-from evolve_ray.summary import headline_text, stage_line
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"

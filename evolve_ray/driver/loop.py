@@ -15,102 +15,45 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
 import evolve_ray
-from evolve_ray.collect import collect, open_round, rescale, restarts_since
 from evolve_ray.config import Config, dump_yaml, replace, to_dict
-from evolve_ray.console import route_actor_output, run_log, set_level
-from evolve_ray.control import Capacity, local_cpus, start_control
 from evolve_ray.core.strategies import BEST_OF_N
+from evolve_ray.driver.builders import make_task
+from evolve_ray.driver.collect import collect, open_round, rescale, restarts_since
+from evolve_ray.driver.console import route_actor_output, run_log, set_level
+from evolve_ray.driver.control import Capacity, local_cpus, start_control
+from evolve_ray.driver.evaluation import (
+    check_strategies,
+    evaluate_prompts,
+    evaluate_strategies,
+    picks_with_reward_model,
+)
+from evolve_ray.driver.fleet import Fleet
+from evolve_ray.driver.interrupt import keep_sigterm
+from evolve_ray.driver.memory_plan import format_plan
+from evolve_ray.driver.preflight import ResolvedModels, check_adapter_start, check_fits, check_gpus, resolve_models
+from evolve_ray.driver.resume_settings import changes_text, plan_resume, record_resume
+from evolve_ray.driver.session import STAGES, Session, Step
+from evolve_ray.driver.timeline import Timeline
 from evolve_ray.errors import UserError
-from evolve_ray.evaluation import check_strategies, evaluate_prompts, evaluate_strategies, picks_with_reward_model
-from evolve_ray.fleet import Fleet
-from evolve_ray.interrupt import keep_sigterm
-from evolve_ray.memory_plan import format_plan
-from evolve_ray.metrics_export import MetricsExporter
-from evolve_ray.preflight import ResolvedModels, check_adapter_start, check_fits, check_gpus, resolve_models
-from evolve_ray.report import append_row, finite_row, load_rows, write_report
-from evolve_ray.resume_settings import changes_text, plan_resume, record_resume
+from evolve_ray.reporting.metrics_export import MetricsExporter
+from evolve_ray.reporting.report import append_row, finite_row, load_rows, write_report
+from evolve_ray.reporting.status import StatusWriter
+from evolve_ray.reporting.strategy_study import StrategyRun, default_temperature, grid_of
+from evolve_ray.reporting.summary import stage_line
 from evolve_ray.rundir import START, atomic_write, check_writable, checkpoint_dir, read_json, round_dir, write_json
-from evolve_ray.status import StatusWriter
-from evolve_ray.strategy_study import StrategyRun, default_temperature, grid_of
-from evolve_ray.summary import stage_line
-from evolve_ray.tasks.registry import make_task
-from evolve_ray.timeline import Timeline, phases, phases_text
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.types import PreferencePair
 
 log = logging.getLogger(__name__)
-STAGES = ("collect", "train", "evaluate")
-Step = tuple[str, "Callable[[Session, int], dict[str, Any]]"]
 _drives = 0  # runs driven by this process: only the first one's start-up includes the imports
 _started_local = False  # this process started the local cluster it is connected to
-
-
-@dataclass
-class Session:
-    """Live handles of one run; built once, used by every stage."""
-
-    cfg: Config
-    run: Path
-    models: ResolvedModels
-    fleet: Fleet
-    trainer: TrainerGroup
-    exporter: MetricsExporter
-    task: Any
-    control: Any  # the run's RunControl actor (control.py): the counts `evolve-ray scale` asked for
-    timeline: Timeline
-    state: dict[str, Any] = field(default_factory=dict)
-    generator_infos: list[dict[str, Any]] = field(default_factory=list)
-    status: StatusWriter | None = None  # RUN/status.json: rescale records slots waiting to be placed there
-
-    @property
-    def generators(self) -> list[Any]:
-        return self.fleet.generators
-
-    @property
-    def scorers(self) -> list[Any]:
-        return self.fleet.scorers
-
-    @property
-    def buffer(self) -> Any:
-        return self.fleet.buffer
-
-    def close(self, *, abort: bool = False) -> None:
-        """Stop the trainer group and the actors (names are free again for the next run).
-        `abort` (an error or a stop signal): the trainer is stopped at once, not waited for."""
-        self.timeline.mark("rounds_done")
-        if (ready := self.trainer.ready_at()) is not None:
-            self.timeline.mark("trainer_ready", at=ready)
-        self.trainer.shutdown(abort=abort)
-        self.fleet.close()
-        ray.kill(self.control, no_restart=True)
-        self.timeline.mark("closed")
-        log.info("time outside the rounds: %s (RUN/startup.json)", phases_text(phases(self.timeline.marks)))
-
-    def done(self, round_: int, stage: str) -> bool:
-        last = self.state.get("last")
-        if last is None:
-            return False
-        return (last["round"], STAGES.index(last["stage"])) >= (round_, STAGES.index(stage))
-
-    def mark(self, round_: int, stage: str, metrics: dict[str, Any]) -> None:
-        path = round_dir(self.run, round_) / "metrics.json"
-        metrics = finite_row(metrics)  # NaN (e.g. no pairs to average) is "no value", not a number
-        old = read_json(path) if path.exists() else {}
-        # Fault counters add up over the round's stages; everything else is the stage's own.
-        metrics |= {k: old[k] + v for k, v in metrics.items() if k.startswith("fault/") and k in old}
-        merged = old | metrics
-        write_json(path, merged)
-        self.state["last"] = {"round": round_, "stage": stage}
-        write_json(self.run / "state.json", self.state)
-        self.exporter.publish(metrics, step=round_)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +195,7 @@ def _drive_logged(
     # Every path is checked before any actor starts; Stage 2 after a Stage 1 starts from (and, with
     # reference=fixed, against) Stage 1's checkpoint instead of model.policy.
     picks = picks_with_reward_model(cfg, cfg.run.eval_strategies)  # best-of-N under the verifier: an RM picks
-    models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, run_dir, picks=picks)
+    models = resolve_models(replace(cfg, model={"policy": policy}) if policy else cfg, picks=picks)
     if policy:
         log.info("the rounds start from %s", models.policy)
     check_adapter_start(cfg, models.policy)
@@ -381,7 +324,19 @@ def _start_session(
     control = start_control(run_dir, counts, Capacity.of(cfg, local=local))
     exporter = MetricsExporter(run_dir.name, cfg.run.trackers, to_dict(cfg), str(run_dir / "trackers"))
     exporter.publish({"gen/backend_vllm": float(infos[0]["backend"] == "vllm")}, step=0)
-    return Session(cfg, run_dir, models, fleet, trainer, exporter, task, control, timeline, state, infos)
+    return Session(
+        cfg=cfg,
+        run=run_dir,
+        models=models,
+        fleet=fleet,
+        trainer=trainer,
+        exporter=exporter,
+        task=task,
+        control=control,
+        timeline=timeline,
+        state=state,
+        generator_infos=infos,
+    )
 
 
 def _fleet_names(s: Session) -> list[str]:
@@ -427,7 +382,7 @@ def eval_model(
     task = make_task(cfg.data)
     check_strategies(cfg, [strategy], task)
     picks = picks_with_reward_model(cfg, [strategy])
-    models = resolve_models(replace(cfg, model={"policy": model_path}), out_dir, picks=picks)
+    models = resolve_models(replace(cfg, model={"policy": model_path}), picks=picks)
     connect(cfg)
     route_actor_output(out_dir)  # the actors' lines go to OUT/run.log
     check_gpus(cfg, ray.cluster_resources().get("GPU", 0.0), training=False)

@@ -22,7 +22,7 @@ from evolve_ray.config import TrainingConfig
 from evolve_ray.core.logprobs import pad_rows
 from evolve_ray.core.refine import chat_prompt_ids, refine_user_turn
 from evolve_ray.core.stats import turn_stats
-from evolve_ray.scoring import conversation_ids
+from evolve_ray.engines.scoring import conversation_ids
 from evolve_ray.train.batching import build_examples, epoch_order, loss_terms
 from evolve_ray.train.step import build_optimizer, compute_loss, term_logps
 from evolve_ray.types import PreferencePair, Prompt

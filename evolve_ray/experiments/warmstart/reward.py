@@ -10,12 +10,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from evolve_ray.models.loading import load_policy, load_reward
-from evolve_ray.models.tiny import build_tokenizer, save
-from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.warmstart.data import reward_rows, reward_triples
-from evolve_ray.warmstart.spec import WarmStartSpec, validation_prompts
-from evolve_ray.warmstart.train import (
+from evolve_ray.experiments.warmstart.data import reward_rows, reward_triples
+from evolve_ray.experiments.warmstart.spec import WarmStartSpec, validation_prompts
+from evolve_ray.experiments.warmstart.train import (
     generate,
     own_wrong_answers,
     reward_agreement,
@@ -23,6 +20,9 @@ from evolve_ray.warmstart.train import (
     reward_pair_accuracy,
     train_reward,
 )
+from evolve_ray.models.loading import load_policy, load_reward
+from evolve_ray.models.tiny import build_tokenizer, save
+from evolve_ray.tasks.arith import ArithTask
 
 # The reward model is also measured on this many temperature-1 answers of the policy per round-split
 # validation prompt: the measurement settings are chosen by (never the evaluation split).

@@ -1,0 +1,1 @@
+"""The driver: runs the stages, owns the run directory, starts and scales the actors."""

@@ -1,0 +1,1 @@
+"""Reporting: report rows and tables, plots, status, metric keys, exports (reads the run directory)."""
