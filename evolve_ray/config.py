@@ -758,6 +758,11 @@ def _check_task(cfg: Config) -> None:
             )
 
 
+def picks_with_reward_model(cfg: Config, strategies: list[str]) -> bool:
+    """Whether the scorers load a reward model beside the verifier (best-of-N under scoring.kind=verifier)."""
+    return cfg.scoring.kind == "verifier" and any(s in BEST_OF_N for s in strategies)
+
+
 def best_of_n_unpicked(cfg: Config, strategies: list[str]) -> str | None:
     """Why best-of-N among `strategies` has no reward model to pick with under `cfg`, or None.
 

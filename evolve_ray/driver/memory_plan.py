@@ -7,7 +7,8 @@ parameter count (exact: the model is built on the `meta` device from its config,
 Generator, per GPU: P x bytes(model.dtype) / generation.tensor_parallel_size, plus
     generation.kv_cache_mib (vLLM's KV cache; a transformers backend holds less).
 Scorer: the reward model's P_r x bytes(model.dtype), plus generation.kv_cache_mib with
-    scoring.backend=vllm; a verifier holds no model.
+    scoring.backend=vllm; a verifier holds no model, unless a best-of-N strategy in
+    run.eval_strategies needs one to pick with (config.picks_with_reward_model).
 Train worker, per rank (n = training.num_workers; FSDP shards by s = n, DDP holds it all, s = 1):
     float32 master weights 4P/s, float32 gradients 4P/s, AdamW's two float32 moments 8P/s;
     FSDP: the gathered parameters in the compute dtype: the root's (embeddings, head, final norm:
@@ -55,7 +56,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from evolve_ray.config import LORA_TARGETS, Config, ConfigError, LoraConfig
+from evolve_ray.config import LORA_TARGETS, Config, ConfigError, LoraConfig, picks_with_reward_model
 from evolve_ray.models.warm_start import SHIPPED
 
 GIB = 1 << 30
@@ -220,7 +221,7 @@ def plan_for(
     trc = cfg.model.trust_remote_code
     policy = read_shape(policy_path or default_policy, reward=False, trust_remote_code=trc)
     reward = None
-    if cfg.scoring.kind == "reward_model":
+    if cfg.scoring.kind == "reward_model" or picks_with_reward_model(cfg, cfg.run.eval_strategies):
         reward = read_shape(reward_path or default_reward, reward=True, trust_remote_code=trc)
     memory, source = gpu_memory(cfg)
     return plan(cfg, policy=policy, reward=reward, gpu_memory_bytes=memory, gpu_memory_from=source, cluster=cluster)
@@ -242,7 +243,8 @@ def plan(
     """Each role's need per GPU and the resources all roles ask for.
 
     Args:
-        reward: the reward model's shape; None when scoring.kind=verifier.
+        reward: the reward model's shape; None when the scorers hold none (a verifier that
+            picks no best-of-N).
         gpu_memory_bytes: one GPU's memory; None: unknown (needs are shown, nothing refused).
         cluster: ray.cluster_resources() (CPU, GPU); None: totals are shown as asked only.
     """
