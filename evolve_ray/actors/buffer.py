@@ -9,48 +9,43 @@ from pathlib import Path
 
 import ray
 
-from evolve_ray.config import Config
-from evolve_ray.core.buffer import BufferState, RoundJournal
-from evolve_ray.core.selection import Selection, select_pairs
+from evolve_ray.core.buffer import BufferState, RoundJournal, RoundSelector, Verify
 from evolve_ray.rundir import round_dir
-from evolve_ray.tasks.base import Task
-from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate
+from evolve_ray.types import Candidate, PreferencePair, Prompt, Score
 
 log = logging.getLogger(__name__)
 
 
-def make_selector(cfg: Config, round_: int, extract_answer=None):
-    s = cfg.selection
-
-    def select(prompt: Prompt, scored: list[ScoredCandidate]) -> Selection:
-        return select_pairs(
-            s.rule,
-            prompt.question,
-            scored,
-            template=cfg.refinement.template,
-            round=round_,
-            min_margin=s.min_margin,
-            min_chosen_score=s.min_chosen_score,
-            tie_tolerance=s.tie_tolerance,
-            keep_pairs=s.keep_pairs,
-            consistency_turns=s.consistency_turns,
-            extract_answer=extract_answer,
-        )
-
-    return select
-
-
 @ray.remote(num_cpus=0, max_restarts=-1)
 class BufferActor:
-    def __init__(self, cfg: Config, run_dir: str, task: Task) -> None:
-        logging.basicConfig(level=cfg.run.log_level)
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    """The driver builds the arguments from the config and the task (driver.builders.buffer_args).
+
+    Args:
+        run_dir: the run directory; each round's journal and files go under it.
+        selector: the selection rule for a round (it turns a decided prompt's chains into pairs).
+        verify: the task's exact checker (verifiable tasks), for the round's accuracy metrics.
+        tolerance: score changes at or below this count as unchanged (run.unchanged_tolerance).
+        reward_model: the scores are a reward model's (adds its agreement with the verifier).
+        log_level: this actor's logging level (run.log_level).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: str,
+        selector: RoundSelector,
+        verify: Verify | None,
+        tolerance: float,
+        reward_model: bool,
+        log_level: str,
+    ) -> None:
+        logging.basicConfig(level=log_level)
+        self.run_dir, self.selector, self.verify = Path(run_dir), selector, verify
+        self.tolerance, self.reward_model = tolerance, reward_model
         self.state: BufferState | None = None
         self.generation_finished = False
         self.workers = 1  # generators sharing the round's work (sets the guided batch size)
         self.first_candidate: float | None = None  # when this actor first got a candidate (start-up split)
-        self.extract = task.extract_answer if task.verifiable else None
-        self.verify = task.verify if task.verifiable else None
         self._reopen_latest()  # after a crash and restart by Ray: continue the round in progress
 
     def _reopen_latest(self) -> None:
@@ -58,7 +53,7 @@ class BufferActor:
         if journals:
             round_ = int(journals[-1].parent.parent.name[1:])
             journal = RoundJournal(journals[-1].parent)
-            self.state = BufferState(round_, journal, make_selector(self.cfg, round_, self.extract))
+            self.state = BufferState(round_, journal, self.selector(round_))
             log.info("buffer reopened round %d from its journal (%d candidates)", round_, len(self.state.candidates))
 
     def open_round(self, round_: int, prompts: list[Prompt]) -> dict:
@@ -67,7 +62,7 @@ class BufferActor:
         if self.state is not None and self.state.round == round_:
             return self.state.summary()
         journal = RoundJournal(round_dir(self.run_dir, round_) / "journal")
-        self.state = BufferState(round_, journal, make_selector(self.cfg, round_, self.extract))
+        self.state = BufferState(round_, journal, self.selector(round_))
         self.state.add_prompts(prompts)
         self.generation_finished = False
         return self.state.summary()
@@ -114,15 +109,9 @@ class BufferActor:
     def pending_prompts(self) -> list[str]:
         return self._s.pending_prompts()
 
-    def candidates_of(self, prompt_ids: list[str]) -> list[Candidate]:
-        return self._s.candidates_of(prompt_ids)
-
-    def pairs(self, rank: int = 0, world_size: int = 1) -> list[PreferencePair]:
-        ordered = sorted(self._s.pairs.values(), key=lambda p: p.id)
-        return ordered[rank::world_size]
-
-    def complete(self) -> bool:
-        return self._s.complete()
+    def pairs(self) -> list[PreferencePair]:
+        """The round's pairs, in id order."""
+        return sorted(self._s.pairs.values(), key=lambda p: p.id)
 
     def summary(self) -> dict[str, float]:
         return self._s.summary()
@@ -130,11 +119,7 @@ class BufferActor:
     def finalize(self) -> dict[str, float]:
         """Write the round's consolidated candidates.parquet and pairs.parquet; the round's metrics."""
         self._s.export(round_dir(self.run_dir, self._s.round))
-        return self._s.round_metrics(
-            tolerance=self.cfg.run.unchanged_tolerance,
-            verify=self.verify,
-            reward_model=self.cfg.scoring.kind == "reward_model",
-        )
+        return self._s.round_metrics(tolerance=self.tolerance, verify=self.verify, reward_model=self.reward_model)
 
     @property
     def _s(self) -> BufferState:

@@ -98,7 +98,14 @@ class GeneratorActor:
                 totals[k] = totals.get(k, 0.0) + v
 
     def generate_eval(
-        self, prompts: list[Prompt], round_: int, strategy: Strategy, num_samples: int, turns: int, temperature: float
+        self,
+        prompts: list[Prompt],
+        *,
+        round_: int,
+        strategy: Strategy,
+        num_samples: int,
+        turns: int,
+        temperature: float,
     ) -> list[Candidate]:
         """A strategy's candidates for held-out prompts, returned rather than streamed to a buffer."""
         self._check_alive()

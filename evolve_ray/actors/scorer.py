@@ -21,6 +21,7 @@ from evolve_ray.tasks.base import Task
 from evolve_ray.types import Candidate, Prompt, Score
 
 log = logging.getLogger(__name__)
+POLL_S = 0.05  # how long `run` waits before asking an empty buffer again
 
 
 def make_scorer(cfg: Config, reward_path: str, task: Task) -> Scorer:
@@ -65,9 +66,9 @@ class ScorerActor:
             self.picker = RewardModelScorer(self.cfg, self.reward_path)
         return self.picker.score(batch)
 
-    def run(self, buffer, poll_s: float = 0.05) -> dict[str, float]:
+    def run(self, buffer) -> dict[str, float]:
         """Score whatever the buffer has, as it arrives, until generation is done and nothing is left."""
-        busy, t0 = 0.0, time.perf_counter()
+        busy = 0.0
         while True:
             batch, done = ray.get(buffer.next_for_scoring.remote(self.cfg.scoring.micro_batch))
             if batch:
@@ -78,5 +79,5 @@ class ScorerActor:
             elif done:
                 break
             else:
-                time.sleep(poll_s)
-        return {"score/busy_s": busy, "score/wall_s": time.perf_counter() - t0}
+                time.sleep(POLL_S)
+        return {"score/busy_s": busy}

@@ -8,6 +8,7 @@ import ray
 from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.bench.context import ENGINE_SPEC, MAX_MODEL_LEN, BenchContext, param_count, wall
 from evolve_ray.bench.report import BenchResult, Figure
+from evolve_ray.driver.builders import buffer_args
 
 PROMPTS = 16
 MAX_NEW_TOKENS = 32
@@ -26,7 +27,8 @@ def run(ctx: BenchContext) -> BenchResult:
     ray.get([g.info.remote() for g in gens.values()])
 
     def once(backend: str, n: int, tag: str) -> tuple[float, float]:
-        buf = BufferActor.remote(cfgs[backend], str(ctx.workdir / "engine" / f"{backend}-{tag}"), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
+        args = buffer_args(cfgs[backend], str(ctx.workdir / "engine" / f"{backend}-{tag}"), ctx.task())
+        buf = BufferActor.remote(**args)  # type: ignore[attr-defined]  # a @ray.remote class
         ray.get(buf.open_round.remote(0, prompts[:n]))
         seconds, stats = wall(
             lambda: ray.get(gens[backend].generate.remote(prompts[:n], 0, [], buf, strategy="direct"))

@@ -15,6 +15,7 @@ from evolve_ray.bench.report import BenchResult, Figure, Goal
 from evolve_ray.config import Config
 from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.core.strategies import plan_next
+from evolve_ray.driver.builders import buffer_args
 from evolve_ray.engines.generation import request_seed
 from evolve_ray.models.loading import load_tokenizer
 from evolve_ray.types import Prompt
@@ -79,7 +80,7 @@ def requests(cfg: Config, prompts: list[Prompt]) -> tuple[list[list[int]], list[
 def through_actor(ctx: BenchContext, gen: Any, prompts: list[Prompt], tag: str) -> tuple[float, float, float]:
     """(seconds, tokens, seconds inside GenerationRunner) of one GeneratorActor.generate into a
     fresh buffer, as the collect stage calls it."""
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "gen_overhead" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
+    buf = BufferActor.remote(**buffer_args(ctx.gen_config(), str(ctx.workdir / "gen_overhead" / tag), ctx.task()))  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(ROUND, prompts))
     seconds, stats = wall(lambda: ray.get(gen.generate.remote(prompts, ROUND, [], buf)))
     ray.kill(buf)

@@ -13,6 +13,7 @@ import ray
 from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.bench.context import GEN_PROMPTS, GEN_SPEC, BenchContext, param_count, wall
 from evolve_ray.bench.report import BenchResult, Figure, Goal
+from evolve_ray.driver.builders import buffer_args
 
 COUNTS = (1, 2, 4)
 PULL_COUNTS = (1, 2)
@@ -27,7 +28,7 @@ def one_run(
     """(seconds, tokens) for the whole workload split over `gens` up front, or pulled by them."""
     prompts = ctx.prompts(n_prompts)
     cfg = ctx.gen_config()
-    buf = BufferActor.remote(cfg, str(ctx.workdir / "scale" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
+    buf = BufferActor.remote(**buffer_args(cfg, str(ctx.workdir / "scale" / tag), ctx.task()))  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(0, prompts))
     ray.get(buf.set_workers.remote(len(gens)))
     n, batch = len(gens), cfg.generation.max_work_batch

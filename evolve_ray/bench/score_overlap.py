@@ -12,6 +12,7 @@ from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.bench.context import GEN_PROMPTS, GEN_SPEC, BenchContext, param_count, wall
 from evolve_ray.bench.report import BenchResult, Figure, Goal
+from evolve_ray.driver.builders import buffer_args
 
 REPS = 2
 STRATEGY, TURNS = "chain", 3  # the product default: one turn streamed at a time, so scoring can overlap
@@ -24,7 +25,7 @@ def one_run(
     scoring, if any) is done, the way loop.collect drives it. The tail is scoring still running
     after generation has returned."""
     prompts = ctx.prompts(n_prompts)
-    buf = BufferActor.remote(ctx.gen_config(), str(ctx.workdir / "score_overlap" / tag), ctx.task())  # type: ignore[attr-defined]  # a @ray.remote class
+    buf = BufferActor.remote(**buffer_args(ctx.gen_config(), str(ctx.workdir / "score_overlap" / tag), ctx.task()))  # type: ignore[attr-defined]  # a @ray.remote class
     ray.get(buf.open_round.remote(0, prompts))
 
     def go() -> tuple[float, float]:

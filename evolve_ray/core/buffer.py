@@ -25,6 +25,7 @@ from evolve_ray.rundir import read_parquet_rows, write_parquet
 from evolve_ray.types import Candidate, PreferencePair, Prompt, Score, ScoredCandidate, from_row, to_row
 
 Selector = Callable[[Prompt, list[ScoredCandidate]], Selection]
+RoundSelector = Callable[[int], Selector]  # a round -> the selection rule that makes that round's pairs
 Verify = Callable[[Prompt, str], bool]
 KINDS = ("prompts", "candidates", "finished", "scores", "decisions", "pairs", "claims")
 RELEASED = -1  # a claims row's worker for "given back"
@@ -62,7 +63,6 @@ class BufferState:
         self.inflight: set[str] = set()
         self.claims: dict[str, int] = {}  # unfinished prompt -> the generator working on it
         self.retiring: set[int] = set()  # generators that take no more work (scaled down)
-        self.counters: Counter[str] = Counter()
         self._replay()
 
     # -- events -------------------------------------------------------------------------------
@@ -79,7 +79,6 @@ class BufferState:
         self.journal.append("finished", [{"prompt_id": p} for p in fin])
         self._apply_candidates(new)
         self.finished.update(fin)
-        self.counters["duplicate_candidates"] += len(cands) - len(new)
         for pid in fin:
             self._try_decide(pid)
         return len(new)
@@ -142,9 +141,6 @@ class BufferState:
             self._try_decide(pid)
 
     # -- queries ------------------------------------------------------------------------------
-    def complete(self) -> bool:
-        return bool(self.prompts) and set(self.prompts) <= set(self.decisions)
-
     def pending_prompts(self) -> list[str]:
         return [p for p in self.prompts if p not in self.finished]
 

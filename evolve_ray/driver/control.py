@@ -44,6 +44,7 @@ ACTOR = "control"
 ROLES = ("generator", "scorer")
 RESOURCES = ("CPU", "GPU")
 CONNECT_RETRIES_S = "5"  # a live cluster answers at once; Ray's default retries a refused connect for 20 s
+REACHABLE_TIMEOUT_S = 5.0  # check_reachable: how long a TCP connect to the GCS may take
 
 
 def run_namespace(run_name: str) -> str:
@@ -289,14 +290,14 @@ def use_auth(auth: dict[str, Any] | None, run: str) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = auth["token_file"]
 
 
-def check_reachable(address: str, run: str, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, run: str) -> None:
     """One clear error, in seconds, for a GCS address nothing listens on (ray.init would retry
     for minutes): a local run's cluster ends with its driver. Other address forms are left to Ray."""
     host, sep, port = address.rpartition(":")
     if "://" in address or not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, int(port)), timeout=REACHABLE_TIMEOUT_S).close()
     except OSError as e:
         raise UserError(
             f"no Ray cluster answers at {address} ({e.strerror or e}): run {Path(run).name!r} is not running"

@@ -44,11 +44,6 @@ def check_strategies(cfg: Config, strategies: list[str], task: Any) -> None:
         raise UserError(why)
 
 
-def picks_with_reward_model(cfg: Config, strategies: list[str]) -> bool:
-    """Whether the scorers need a reward model beside the verifier (best-of-N under scoring.kind=verifier)."""
-    return cfg.scoring.kind == "verifier" and any(s in BEST_OF_N for s in strategies)
-
-
 def _scores(scorers: list[Any], batch: list[tuple[Candidate, Prompt]], method: str) -> dict[str, float | None]:
     """candidate id -> score, `method` (score | pick_scores) spread over the scorers."""
     parts = [batch[i :: len(scorers)] for i in range(len(scorers))]
@@ -60,9 +55,9 @@ def _scores(scorers: list[Any], batch: list[tuple[Candidate, Prompt]], method: s
 def evaluate_prompts(
     generators: list[Any],
     scorers: list[Any],
+    *,
     task: Any,
     prompts: list[Prompt],
-    *,
     round_: int,
     run: StrategyRun,
     reward_scores: bool,
@@ -79,8 +74,14 @@ def evaluate_prompts(
     """
     by_id = {p.id: p for p in prompts}
     shards = [prompts[i :: len(generators)] for i in range(len(generators))]
-    plan = (round_, run.strategy, run.num_samples, run.turns, run.temperature)
-    refs = [g.generate_eval.remote(sh, *plan) for g, sh in zip(generators, shards, strict=True) if sh]
+    plan = {
+        "round_": round_,
+        "strategy": run.strategy,
+        "num_samples": run.num_samples,
+        "turns": run.turns,
+        "temperature": run.temperature,
+    }
+    refs = [g.generate_eval.remote(sh, **plan) for g, sh in zip(generators, shards, strict=True) if sh]
     cands: list[Candidate] = [c for part in ray.get(refs) for c in part]
     score_of = _scores(scorers, [(c, by_id[c.prompt_id]) for c in cands], "score")
     correct = {c.id: task.verify(by_id[c.prompt_id], c.text) for c in cands} if task.verifiable else {}
@@ -156,10 +157,10 @@ def run_figures(run: StrategyRun) -> dict[str, float]:
 def evaluate_strategies(
     generators: list[Any],
     scorers: list[Any],
+    *,
     task: Any,
     prompts: list[Prompt],
     cfg: Config,
-    *,
     round_: int,
     out_dir: Path,
 ) -> dict[str, Any]:
@@ -180,8 +181,8 @@ def evaluate_strategies(
         m = evaluate_prompts(
             generators,
             scorers,
-            task,
-            prompts,
+            task=task,
+            prompts=prompts,
             round_=round_,
             run=run,
             reward_scores=cfg.scoring.kind == "reward_model",

@@ -38,6 +38,7 @@ from evolve_ray.actors.buffer import BufferActor
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import Config
+from evolve_ray.driver.builders import buffer_args
 from evolve_ray.driver.retry import Attempts
 from evolve_ray.errors import UserError
 from evolve_ray.tasks.base import Task
@@ -82,7 +83,7 @@ class Fleet:
         driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = BufferActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             name="buffer", max_restarts=-1, max_task_retries=-1, scheduling_strategy=driver_node
-        ).remote(cfg, str(run_dir), task)
+        ).remote(**buffer_args(cfg, run_dir, task))
         self._wait_placed()
 
     @property
@@ -201,13 +202,13 @@ class Fleet:
             name=f"generator-{i}",
             runtime_env=self.env,
             **self._reserve("generator", i, g.cpus_per_generator, g.gpus_per_generator),
-        ).remote(self.cfg, self.policy, i, self.version)
+        ).remote(cfg=self.cfg, model_path=self.policy, index=i, version=self.version)
 
     def _scorer(self, i: int) -> Any:
         s = self.cfg.scoring
         return ScorerActor.options(  # type: ignore[attr-defined]  # a @ray.remote class
             name=f"scorer-{i}", runtime_env=self.env, **self._reserve("scorer", i, s.cpus_per_scorer, s.gpus_per_scorer)
-        ).remote(self.cfg, self.reward, i, self.task)
+        ).remote(cfg=self.cfg, reward_path=self.reward, index=i, task=self.task)
 
     def _reserve(self, role: str, i: int, cpus: float, gpus: float) -> dict[str, Any]:
         """The actor options of a slot: its resources, in the slot's own placement group (made on

@@ -22,18 +22,13 @@ from typing import Any
 import ray
 
 import evolve_ray
-from evolve_ray.config import Config, dump_yaml, replace, to_dict
+from evolve_ray.config import Config, dump_yaml, picks_with_reward_model, replace, to_dict
 from evolve_ray.core.strategies import BEST_OF_N
 from evolve_ray.driver.builders import make_task
 from evolve_ray.driver.collect import collect, open_round, rescale, restarts_since
 from evolve_ray.driver.console import route_actor_output, run_log, set_level
 from evolve_ray.driver.control import Capacity, local_cpus, start_control
-from evolve_ray.driver.evaluation import (
-    check_strategies,
-    evaluate_prompts,
-    evaluate_strategies,
-    picks_with_reward_model,
-)
+from evolve_ray.driver.evaluation import check_strategies, evaluate_prompts, evaluate_strategies
 from evolve_ray.driver.fleet import Fleet
 from evolve_ray.driver.interrupt import keep_sigterm
 from evolve_ray.driver.memory_plan import format_plan
@@ -104,8 +99,8 @@ def _evaluate(s: Session, round_: int) -> dict[str, Any]:
     out = evaluate_prompts(
         s.generators,
         s.scorers,
-        s.task,
-        prompts,
+        task=s.task,
+        prompts=prompts,
         round_=round_,
         run=StrategyRun("chain", 1, s.cfg.run.eval_turns, 0.0) if chain else StrategyRun("direct", 1, 0, 0.0),
         reward_scores=s.cfg.scoring.kind == "reward_model",
@@ -114,7 +109,13 @@ def _evaluate(s: Session, round_: int) -> dict[str, Any]:
     )
     if s.cfg.run.eval_strategies_every_round or round_ == s.cfg.run.rounds - 1:
         out |= evaluate_strategies(
-            s.generators, s.scorers, s.task, prompts, s.cfg, round_=round_, out_dir=round_dir(s.run, round_)
+            s.generators,
+            s.scorers,
+            task=s.task,
+            prompts=prompts,
+            cfg=s.cfg,
+            round_=round_,
+            out_dir=round_dir(s.run, round_),
         )
     return out
 
@@ -399,8 +400,8 @@ def eval_model(
         metrics = evaluate_prompts(
             fleet.generators,
             fleet.scorers,
-            task,
-            task.prompts("eval", cfg.data.eval_prompts),
+            task=task,
+            prompts=task.prompts("eval", cfg.data.eval_prompts),
             round_=0,
             run=run,
             reward_scores=cfg.scoring.kind == "reward_model",

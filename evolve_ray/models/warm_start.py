@@ -16,7 +16,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "warm_start"
 PARTS = ("policy", "policy_direct_only", "reward")
 # Stage-1a snapshots (the policies before stage 1b) that a rebuild of the policy parts starts from:
 # an earlier build's snapshot at epoch 5 of 14. A from-scratch stage 1a on this project's machine
-# ended its schedule below the validation target (README, known gaps), so the snapshot is kept.
+# ended its schedule below the validation target (docs/results.md), so the snapshot is kept.
 STAGE_1A = SHIPPED / "stage_1a"
 
 

@@ -1,4 +1,4 @@
-"""What every report key means, once: report.md's glossary and the README's metric list read it.
+"""What every report key means, once: report.md's glossary reads it (docs/architecture.md lists the keys).
 
 Keys are `<stage>/<quantity>`; `k` stands for a refinement turn (0 = the direct answer) and
 `<reason>` for a counter's reason. Pure: no ray, no vllm.
@@ -60,7 +60,6 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("gen/turn_k_mean_tokens", "mean response length at turn k of the round's collected chains (tokens)"),
     ("gen/tokens", "tokens generated while collecting"),
     ("gen/tokens_per_s", "collection throughput: tokens over the slowest generator's seconds"),
-    ("gen/seconds", "seconds a generator spent generating"),
     ("gen/batches", "batches of prompts the generators pulled from the buffer"),
     ("fleet/generators", "generators in the fleet after the stage (evolve-ray scale changes it)"),
     ("fleet/scorers", "scorers in the fleet after the stage (evolve-ray scale changes it)"),
@@ -69,7 +68,6 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("gen/truncated_refine_prompts", "refinement prompts whose previous answer was cut in the middle to fit"),
     ("score/reward_mean", "mean score of the round's candidates"),
     ("score/busy_s", "seconds the scorers spent scoring, summed"),
-    ("score/wall_s", "seconds from the first score to the last"),
     ("score/rm_verifier_agreement", "share of candidates where the reward model's sign agrees with the verifier"),
     ("score/invalid", "scores that were NaN or inf (never selected)"),
     ("score/invalid_<reason>", "invalid scores by kind (nan, inf)"),
@@ -81,6 +79,8 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ("pairs/margin_mean", "mean score margin chosen - rejected of the direct pairs"),
     ("pairs/chosen_wrong_frac", "share of pairs whose chosen answer the verifier calls wrong"),
     ("pairs/dropped_<reason>", "prompts that gave no pair, by reason (tie, below_margin, ...)"),
+    ("data/eval_prompts", "Stage 1: prompts of the preference file held out for evaluation"),
+    ("data/skipped_<reason>", "Stage 1: rows of the preference file skipped, by reason (invalid_json, ...)"),
     ("train/loss", "mean training loss over the round's steps"),
     ("train/loss_first", "loss of the round's first step"),
     ("train/loss_last", "loss of the round's last step"),

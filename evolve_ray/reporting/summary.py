@@ -75,11 +75,11 @@ def headline(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[st
     return names, cells
 
 
-def split_columns(names: list[str], cells: list[list[str]], width: int = MAX_COLUMNS) -> list[tuple[list, list]]:
-    """Split a table wider than `width` into tables that each repeat the first column."""
-    if len(names) <= width:
+def split_columns(names: list[str], cells: list[list[str]]) -> list[tuple[list, list]]:
+    """Split a table wider than MAX_COLUMNS into tables that each repeat the first column."""
+    if len(names) <= MAX_COLUMNS:
         return [(names, cells)]
-    step = width - 1
+    step = MAX_COLUMNS - 1
     return [
         ([names[0], *names[i : i + step]], [[row[0], *row[i : i + step]] for row in cells])
         for i in range(1, len(names), step)

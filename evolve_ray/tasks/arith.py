@@ -17,6 +17,7 @@ from evolve_ray.types import Prompt
 
 SPLITS = ("train", "round", "eval")
 _ANSWER = re.compile(r"-?\d+")
+LO, HI = 10, 99  # two-digit operands
 
 
 def split_of(a: int, b: int) -> str:
@@ -27,23 +28,20 @@ def split_of(a: int, b: int) -> str:
 @dataclass(frozen=True)
 class ArithTask:
     seed: int = 0
-    digits: int = 2
     name: str = "arith"
     verifiable: bool = True
 
     def size(self, split: str) -> int:
-        """How many distinct problems the split holds (2 digits: 4880 train, 1610 round, 1610 eval)."""
-        lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
-        return sum(split_of(a, b) == split for a in range(lo, hi + 1) for b in range(lo, hi + 1))
+        """How many distinct problems the split holds (4880 train, 1610 round, 1610 eval)."""
+        return sum(split_of(a, b) == split for a in range(LO, HI + 1) for b in range(LO, HI + 1))
 
     def _pairs(self, split: str):
         """Every problem of the split once, in a seeded random order."""
         rng = random.Random(f"{self.seed}/{split}")
-        lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
         seen: set[tuple[int, int]] = set()
         total = self.size(split)
         while len(seen) < total:
-            a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+            a, b = rng.randint(LO, HI), rng.randint(LO, HI)
             if (a, b) not in seen and split_of(a, b) == split:
                 seen.add((a, b))
                 yield a, b

@@ -48,7 +48,6 @@ SKIP_REASONS = (
     "empty_text",
     "wrong_type",
     "bad_answer",  # a verifiable format whose reference answer holds no number
-    "too_long",
     "duplicate_id",
 )
 _LOGGED_PER_REASON = 3
@@ -279,18 +278,12 @@ def parse_rows(
     fmt: str,
     prompt_column: str,
     answer_column: str,
-    max_prompt_chars: int | None = None,
-    fits: Callable[[str], bool] | None = None,
     unit: str = "row",
 ) -> tuple[list[Prompt], list[tuple[str, int, str]]]:
     """The valid prompts in row order, and (reason, line number, detail) for each skipped row."""
 
     def parse(row: Any, n: int) -> Prompt:
         question, answer = parse_row(row, fmt, prompt_column, answer_column)
-        if max_prompt_chars is not None and len(question) > max_prompt_chars:
-            raise BadRow("too_long", f"{len(question)} characters, limit {max_prompt_chars}")
-        if fits is not None and not fits(question):
-            raise BadRow("too_long", "over the model's prompt length")
         return Prompt(id=_row_id(row, n), question=question, answer=answer)
 
     return parse_each(rows, parse, lambda p: p.id, unit)
@@ -309,8 +302,6 @@ class FileTask:
         prompt_column, answer_column: the columns read when format=columns.
         eval_prompts: rows held out for 'eval' (at most all but one valid row).
         seed: shuffle seed for the split.
-        max_prompt_chars: skip prompts longer than this ("too_long").
-        fits: skip prompts for which this returns False ("too_long"), e.g. a token-count check.
     """
 
     name = "file"
@@ -325,8 +316,6 @@ class FileTask:
         answer_column: str = "",
         eval_prompts: int = 16,
         seed: int = 0,
-        max_prompt_chars: int | None = None,
-        fits: Callable[[str], bool] | None = None,
     ) -> None:
         if format not in ("auto", *FORMATS):
             raise UserError(f"data.format: unknown {format!r}; valid: auto, {', '.join(FORMATS)}")
@@ -344,7 +333,7 @@ class FileTask:
             log.info("%s: detected format %r from columns %s", path, format, sorted(columns))
         self.format = format
         self.verifiable = format == "gsm8k" or (format == "columns" and bool(answer_column))
-        valid, failures = parse_rows(rows, format, prompt_column, answer_column, max_prompt_chars, fits, unit)
+        valid, failures = parse_rows(rows, format, prompt_column, answer_column, unit)
         self.skipped: dict[str, int] = dict(Counter(reason for reason, _, _ in failures))
         _log_skips(path, unit, failures, len(valid))
         if not valid:

@@ -13,11 +13,12 @@ from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.actors.scorer import ScorerActor
 from evolve_ray.config import load_config
 from evolve_ray.core.refine import chat_prompt_ids
+from evolve_ray.driver.builders import buffer_args
 from evolve_ray.engines.base import WeightLoadError
 from evolve_ray.engines.scoring import conversation_ids
 from evolve_ray.sync.transport import pack
 from evolve_ray.tasks.arith import ArithTask
-from evolve_ray.types import Prompt
+from evolve_ray.types import Candidate, Prompt
 
 from .helpers import greedy_ids, hf_greedy
 
@@ -54,6 +55,17 @@ def _prompts(n: int = 4) -> list[Prompt]:
     return [Prompt(id=f"p{i}", question=QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
 
 
+def _buffer(cfg, run_dir: str):
+    return BufferActor.remote(**buffer_args(cfg, run_dir, TASK))
+
+
+def _buffered(buf, prompts: list[Prompt]) -> list[Candidate]:
+    """The candidates a live buffer holds for `prompts`: a probe run inside the actor (as
+    helpers.greedy_ids), so the product class carries no test-only method."""
+    ids = [p.id for p in prompts]
+    return ray.get(buf.__ray_call__.remote(lambda b: b.state.candidates_of(ids)))
+
+
 def test_greedy_through_actor_equals_transformers(generators, tokenizer, cfg) -> None:
     ids = [chat_prompt_ids(tokenizer, q) for q in QUESTIONS]
     got = greedy_ids(generators[0], ids, 16)
@@ -62,12 +74,12 @@ def test_greedy_through_actor_equals_transformers(generators, tokenizer, cfg) ->
 
 
 def test_chain_of_k_turns_has_lineage_and_two_generators_split_the_prompts(generators, cfg) -> None:
-    buf = BufferActor.remote(cfg, cfg.run.out + "/split", TASK)
+    buf = _buffer(cfg, cfg.run.out + "/split")
     prompts = _prompts(6)
     ray.get(buf.open_round.remote(0, prompts))
     halves = [prompts[0::2], prompts[1::2]]
     stats = ray.get([g.generate.remote(h, 0, [], buf) for g, h in zip(generators, halves, strict=True)])
-    cands = ray.get(buf.candidates_of.remote([p.id for p in prompts]))
+    cands = _buffered(buf, prompts)
     k = cfg.generation.turns
     assert len(cands) == len(prompts) * (k + 1)  # each prompt's chain exactly once
     assert len({c.id for c in cands}) == len(cands)
@@ -112,9 +124,7 @@ def test_bad_weight_payload_is_refused_and_old_weights_keep_serving(generators, 
 def test_scorer_equals_reward_model_forward(ray_cluster, cfg, tiny_models, tokenizer) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from evolve_ray.types import Candidate
-
-    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0, TASK)
+    scorer = ScorerActor.remote(cfg=cfg, reward_path=cfg.model.reward, index=0, task=TASK)
     prompts = _prompts(3)
     batch = [(Candidate(p.id, 0, 0, f"answer {i}", None, 0, 0, "chain"), p) for i, p in enumerate(prompts)]
     scores = ray.get(scorer.score.remote(batch))
@@ -129,13 +139,13 @@ def test_scorer_equals_reward_model_forward(ray_cluster, cfg, tiny_models, token
 
 def test_buffer_pairs_only_complete_scored_chains_and_survives_recreation(generators, cfg) -> None:
     run = cfg.run.out + "/buffer"
-    buf = BufferActor.remote(cfg, run, TASK)
+    buf = _buffer(cfg, run)
     prompts = _prompts(4)
     ray.get(buf.open_round.remote(0, prompts))
     # Generate two prompts fully, but score nothing yet: no pairs may exist.
     ray.get(generators[0].generate.remote(prompts[:2], 0, [], buf))
     assert ray.get(buf.pairs.remote()) == []
-    scorer = ScorerActor.remote(cfg, cfg.model.reward, 0, TASK)
+    scorer = ScorerActor.remote(cfg=cfg, reward_path=cfg.model.reward, index=0, task=TASK)
     batch, _ = ray.get(buf.next_for_scoring.remote(100))
     ray.get(buf.add_scores.remote(ray.get(scorer.score.remote(batch))))
     summary = ray.get(buf.summary.remote())
@@ -144,7 +154,7 @@ def test_buffer_pairs_only_complete_scored_chains_and_survives_recreation(genera
     assert pairs_before and {p.prompt_id for p in pairs_before} <= {"p0", "p1"}
     # Kill the buffer; a new one replays the journal and continues with the rest of the round.
     ray.kill(buf, no_restart=True)
-    buf2 = BufferActor.remote(cfg, run, TASK)
+    buf2 = _buffer(cfg, run)
     ray.get(buf2.open_round.remote(0, prompts))
     assert ray.get(buf2.pairs.remote()) == pairs_before
     pending = ray.get(buf2.pending_prompts.remote())
@@ -153,9 +163,10 @@ def test_buffer_pairs_only_complete_scored_chains_and_survives_recreation(genera
     run_ref = scorer.run.remote(buf2)
     ray.get(buf2.generation_done.remote())
     ray.get(run_ref)
-    assert ray.get(buf2.complete.remote())
+    summary = ray.get(buf2.summary.remote())
+    assert summary["buffer/decided"] == summary["buffer/prompts"] == 4  # every prompt decided
     pairs = ray.get(buf2.pairs.remote())
     assert len({p.id for p in pairs}) == len(pairs)  # no duplicates
     assert set(pairs_before) < set(pairs)  # kept, and the other two prompts added theirs
-    cands = ray.get(buf2.candidates_of.remote([p.id for p in prompts]))
+    cands = _buffered(buf2, prompts)
     assert len(cands) == 4 * (cfg.generation.turns + 1)  # nothing generated twice

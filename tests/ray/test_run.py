@@ -273,6 +273,35 @@ def test_eval_cli_vote(finished_run: Path, tiny_models, tmp_path: Path, capsys) 
         assert picked is None and not counts or counts[picked] == max(counts.values())
 
 
+# Glossary entries the tiny run above does not write, and what does write each.
+WRITTEN_ELSEWHERE = {
+    "eval/final_oracle_accuracy": "evolve-ray eval with N > 1 chains (eval.json); a run's rows carry it per strategy",
+    "strategy/budget_tokens": "run.eval_budget_tokens > 0",
+    "gen/backend_vllm": "the metrics endpoint and trackers, once at the start (not a report row)",
+    "gen/skipped_<reason>": "a refinement prompt that does not fit the context",
+    "score/invalid_<reason>": "a NaN or infinite score",
+    "pairs/dropped_<reason>": "a prompt that gives no pair (a tie, a margin below selection.min_margin, ...)",
+    "data/eval_prompts": "Stage 1 (sft.data): RUN/sft's report",
+    "data/skipped_<reason>": "Stage 1: a bad row in the preference file",
+    "train/inpo_h": "training.loss=inpo",
+    "train/nll_direct": "training.loss=sft (Stage 1)",
+    "train/nll_refine": "training.loss=sft (Stage 1)",
+    "train/skipped": "a round without pairs",
+    "train/resumed": "a trainer group restarted after it finished the round",
+}
+
+
+def test_glossary_names_only_keys_a_run_writes(finished_run: Path) -> None:
+    """Every glossary entry is a key this run wrote, or one written under another setting or event
+    (WRITTEN_ELSEWHERE says which): an entry for a key nothing writes any more fails here."""
+    from evolve_ray.reporting.metric_keys import GLOSSARY, explain
+
+    patterns = [p for p, _ in GLOSSARY]
+    written = {entry[0] for row in load_rows(finished_run) for k in row if (entry := explain(k))}
+    assert set(WRITTEN_ELSEWHERE) <= set(patterns), set(WRITTEN_ELSEWHERE) - set(patterns)
+    assert [p for p in patterns if p not in written and p not in WRITTEN_ELSEWHERE] == []
+
+
 def test_grafana_dashboard_series_are_what_the_run_exports(finished_run: Path, tmp_path: Path) -> None:
     """Every key cluster/grafana_evolve_ray.json plots is one this run reported (turns beyond the
     run's eval_turns by their pattern), under the name it has on the Prometheus endpoint.

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from evolve_ray.config import Config, replace
 from evolve_ray.core.buffer import BufferState, RoundJournal
 from evolve_ray.core.selection import select_pairs
+from evolve_ray.driver.builders import buffer_args
 from evolve_ray.tasks.arith import ArithTask
 from evolve_ray.types import Candidate, Prompt, Score, ScoredCandidate
 
@@ -66,3 +68,26 @@ def test_round_metrics_without_verifier_or_reward_model(tmp_path: Path) -> None:
     assert not [k for k in plain if "accuracy" in k or "agreement" in k or "chosen_wrong" in k]
     judged = state.round_metrics(tolerance=1e-6, verify=ArithTask().verify, reward_model=False)
     assert "score/rm_verifier_agreement" not in judged and judged["pairs/chosen_wrong_frac"] == 0.0
+
+
+def test_buffer_args_hand_the_buffer_its_settings_as_plain_values(tmp_path: Path) -> None:
+    """The buffer's part of the config and the task, as BufferActor takes them: the selection
+    rule with the configured settings for any round, the task's checker, the tolerance."""
+    cfg = replace(
+        Config(),
+        selection={"keep_pairs": False, "min_margin": 0.5},
+        training={"gamma": 0.0},
+        run={"unchanged_tolerance": 0.01},
+    )
+    task = ArithTask()
+    args = buffer_args(cfg, tmp_path / "run", task)
+    assert (args["run_dir"], args["tolerance"], args["reward_model"]) == (str(tmp_path / "run"), 0.01, True)
+    assert args["verify"] == task.verify and args["log_level"] == cfg.run.log_level
+    prompt = Prompt("1+1=", "1+1=", "2")
+    cands = [Candidate("1+1=", 0, t, text, None, 0, 3, "chain") for t, text in enumerate(["3", "2"])]
+    select = args["selector"](3)
+    wide = select(prompt, [ScoredCandidate(c, s) for c, s in zip(cands, [0.0, 1.0], strict=True)])
+    assert sorted(p.kind for p in wide.pairs) == ["direct", "refine"]  # no keep pair
+    assert {p.round for p in wide.pairs} == {3}
+    narrow = select(prompt, [ScoredCandidate(c, s) for c, s in zip(cands, [0.0, 0.4], strict=True)])
+    assert narrow.reason == "below_margin" and not narrow.pairs

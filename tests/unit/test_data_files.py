@@ -44,7 +44,7 @@ def chat_file(tmp_path: Path) -> Path:
             {"id": "e", "prompt": "   "},  # 5 empty_text
             b'{"id": "f", "prompt": "caf\xe9"}',  # 6 non_utf8 (latin-1 e-acute)
             {"id": "a", "prompt": "same id as line 1"},  # 7 duplicate_id
-            {"id": "g", "prompt": "x" * 500},  # 8 too_long (limit 100)
+            {"id": "g", "prompt": "x" * 500},  # 8 a long prompt is kept (the generators skip what does not fit)
             {"id": "h", "prompt": 42},  # 9 wrong_type
             {"id": "i", "prompt": ["a", "list"]},  # 10 wrong_type
             b"",  # 11 blank: not a row
@@ -56,18 +56,17 @@ def chat_file(tmp_path: Path) -> Path:
 
 def test_chat_prompt_column_counts_each_reason_and_keeps_valid_rows(chat_file: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="evolve_ray.tasks.files"):
-        task = FileTask(str(chat_file), format="chat", eval_prompts=0, max_prompt_chars=100)
+        task = FileTask(str(chat_file), format="chat", eval_prompts=0)
     assert task.skipped == {
         "invalid_json": 1,
         "missing_field": 1,
         "empty_text": 1,
         "non_utf8": 1,
         "duplicate_id": 1,
-        "too_long": 1,
         "wrong_type": 3,
     }
     got = {p.id: (p.question, p.answer) for p in all_prompts(task)}
-    assert got == {"a": ("Hello?", None), "b": ("Write a poem.", None), "7": ("Third.", None)}
+    assert got == {"a": ("Hello?", None), "b": ("Write a poem.", None), "g": ("x" * 500, None), "7": ("Third.", None)}
     assert task.verifiable is False and task.verify(task.prompts("train", 1)[0], "Hello?") is False
     log = caplog.text
     for line, reason in [
@@ -78,13 +77,7 @@ def test_chat_prompt_column_counts_each_reason_and_keeps_valid_rows(chat_file: P
         (13, "wrong_type"),
     ]:
         assert f"line {line} skipped ({reason})" in log
-    assert "3 prompts loaded, 9 rows skipped" in log
-
-
-def test_callable_length_check_counts_too_long(chat_file: Path) -> None:
-    task = FileTask(str(chat_file), format="chat", eval_prompts=0, fits=lambda q: len(q) < 10)
-    assert task.skipped["too_long"] == 3  # "Write a poem." (13) and the 500 x's; "Hello?", "Third." fit
-    assert {p.id for p in all_prompts(task)} == {"a", "7"}
+    assert "4 prompts loaded, 8 rows skipped" in log
 
 
 def test_only_a_few_lines_logged_per_reason_then_a_count(tmp_path: Path, caplog) -> None:
@@ -331,9 +324,10 @@ def test_numbers_equal_compares_values() -> None:
 
 def test_make_task_builds_each_task(fifty: Path) -> None:
     assert make_task(DataConfig(seed=3)) == ArithTask(seed=3)
-    long_row = write_jsonl(fifty.parent / "long.jsonl", [{"prompt": "short"}, {"prompt": "y" * 50}])
-    task = make_task(DataConfig(task="file", path=str(long_row), eval_prompts=0), max_prompt_chars=20)
-    assert isinstance(task, FileTask) and task.skipped == {"too_long": 1}
+    task = make_task(DataConfig(task="file", path=str(fifty), format="chat", eval_prompts=10, seed=1))
+    direct = FileTask(str(fifty), format="chat", eval_prompts=10, seed=1)
+    assert isinstance(task, FileTask) and task.format == "chat" and task.skipped == {}
+    assert task.prompts("eval", 100) == direct.prompts("eval", 100)  # the data section's split and seed
     with pytest.raises(UserError, match="unknown task 'poetry'; valid: arith, file"):
         make_task(DataConfig(task="poetry"))
 
