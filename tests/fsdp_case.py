@@ -61,7 +61,17 @@ def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, *
     model.train()
     history = [
         optimizer_step(
-            model, opt, sched, p, examples, frozen, terms, cfg, world_size=1, pad_id=tok.pad_token_id, device=device
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            plan=p,
+            examples=examples,
+            frozen=frozen,
+            terms=terms,
+            cfg=cfg,
+            world_size=1,
+            pad_id=tok.pad_token_id,
+            device=device,
         )
         for p in plans
     ]
@@ -109,7 +119,19 @@ def _train_steps(
     opt, sched = build_optimizer(model, tcfg, len(plans))
     model.train()
     history = [
-        optimizer_step(model, opt, sched, p, examples, frozen, terms, tcfg, world_size=1, pad_id=pad_id, device=device)
+        optimizer_step(
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            plan=p,
+            examples=examples,
+            frozen=frozen,
+            terms=terms,
+            cfg=tcfg,
+            world_size=1,
+            pad_id=pad_id,
+            device=device,
+        )
         for p in plans
     ]
     return history, opt

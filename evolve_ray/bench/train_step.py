@@ -59,7 +59,18 @@ class OursDPO:
         self.tokens = sum(len(s.ids) for ex in self.examples for p in ex.terms.values() for s in (p.chosen, p.rejected))
         model = load_trainable(cfg.model.policy, cfg)  # as a worker loads it: fp32, or LoRA's base and adapter
         base = split_policy(cfg.model.policy)[0] if cfg.training.lora.rank else ""
-        self.worker = Worker(cfg, model, None, tok, torch.device("cpu"), 0, 1, -1, ".", base)
+        self.worker = Worker(
+            cfg=cfg,
+            model=model,
+            reference=None,
+            tokenizer=tok,
+            device=torch.device("cpu"),
+            rank=0,
+            world_size=1,
+            last_done=-1,
+            run_dir=".",
+            lora_base=base,
+        )
 
     def round(self) -> dict[str, float]:
         from evolve_ray.train.worker import optimise

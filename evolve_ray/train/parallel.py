@@ -150,10 +150,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def grad_sync(model: torch.nn.Module, cfg: TrainingConfig, *, sync: bool) -> Iterator[None]:
-    """All-reduce gradients only on a step's last micro-batch (gradient accumulation)."""
-    if cfg.strategy == "fsdp":
-        cast(FSDPModule, model).set_requires_gradient_sync(sync)
+def grad_sync(model: torch.nn.Module, *, sync: bool) -> Iterator[None]:
+    """All-reduce gradients only on a step's last micro-batch (gradient accumulation), whichever
+    wrapper `wrap_model` gave: FSDP2 (fully_shard makes the model an FSDPModule), DDP, or none."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
         yield
     elif sync or not isinstance(model, DistributedDataParallel):
         yield

@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 
 from evolve_ray.config import TrainingConfig
 from evolve_ray.core.logprobs import sequence_logprobs
-from evolve_ray.core.losses import PairLogps, dp_scaled_loss, dpo_loss, evolve_loss, inpo_loss, ipo_loss, sft_loss
+from evolve_ray.core.losses import LOSSES, PairLogps, dp_scaled_loss
 from evolve_ray.train.batching import Example, StepPlan, collate_term
 from evolve_ray.train.parallel import grad_sync, reduce_metrics, reshard, sum_over_ranks, unwrap
 
@@ -112,68 +112,54 @@ def frozen_logps(
     return out
 
 
-def _pair(pi: Tensor, ref: Tensor, k: int) -> PairLogps:
-    return PairLogps(pi[:, k, 0], pi[:, k, 1], ref[:, k, 0], ref[:, k, 1])
+def _columns(t: Tensor | None, k: int) -> tuple[Tensor | None, Tensor | None]:
+    return (t[:, k, 0], t[:, k, 1]) if t is not None else (None, None)
+
+
+def _pairs_by_kind(terms: Sequence[str], pi: Tensor, ref: Tensor | None, prev: Tensor | None) -> dict[str, PairLogps]:
+    """[B, K, 2] log-probs (K kinds in `terms` order; chosen, rejected) as the losses' pairs by kind."""
+    return {
+        term: PairLogps(pi[:, k, 0], pi[:, k, 1], *_columns(ref, k), *_columns(prev, k)) for k, term in enumerate(terms)
+    }
 
 
 def compute_loss(
-    cfg: TrainingConfig, terms: Sequence[str], pi: Tensor, ref: Tensor | None, prev: Tensor | None
+    cfg: TrainingConfig, terms: Sequence[str], pi: Tensor, *, ref: Tensor | None = None, prev: Tensor | None = None
 ) -> tuple[Tensor, Metrics]:
-    """The per-example loss chosen by `cfg.loss`.
+    """The per-example loss `cfg.loss` names (`LOSSES`), with the config's hyper-parameters.
 
     Args:
         cfg: training config (loss and its hyper-parameters).
         terms: the kinds along dim 1 of the tensors (`loss_terms(cfg)`).
         pi: [B, K, 2] policy log-probs (with grad).
-        ref: [B, K, 2] reference log-probs, or None for sft.
-        prev: [B, K, 2] round-start policy log-probs (inpo), else None.
+        ref: [B, K, 2] reference log-probs; None for sft.
+        prev: [B, K, 2] round-start policy log-probs (inpo); None otherwise.
 
     Returns:
         ([B] per-example loss, metrics from the loss function).
     """
-    k = {t: i for i, t in enumerate(terms)}
-    if cfg.loss == "sft":
-        return sft_loss(
-            pi[:, k["direct"], 0],
-            pi[:, k["refine"], 0],
-            direct_weight=cfg.sft_direct_weight,
-            refine_weight=cfg.sft_refine_weight,
-        )
-    assert ref is not None, f"{cfg.loss} needs reference log-probs"
-    direct = _pair(pi, ref, k["direct"])
-    if cfg.loss == "dpo":
-        return dpo_loss(*_fields(direct), beta=cfg.beta, label_smoothing=cfg.label_smoothing)
-    if cfg.loss == "ipo":
-        return ipo_loss(*_fields(direct), beta=cfg.beta)
-    if cfg.loss == "inpo":
-        assert prev is not None, "inpo needs the round-start policy's log-probs"
-        d = k["direct"]
-        return inpo_loss(direct, prev[:, d, 0], prev[:, d, 1], eta=cfg.eta, tau=cfg.tau_ratio * cfg.eta)
-    keep = _pair(pi, ref, k["keep"]) if "keep" in k else None
-    return evolve_loss(
-        direct,
-        _pair(pi, ref, k["refine"]),
-        keep,
+    return LOSSES[cfg.loss](
+        _pairs_by_kind(terms, pi, ref, prev),
         beta=cfg.beta,
         alpha=cfg.alpha,
         gamma=cfg.gamma,
         direct_loss=cfg.direct_loss,
         label_smoothing=cfg.label_smoothing,
+        eta=cfg.eta,
+        tau=cfg.tau_ratio * cfg.eta,
+        direct_weight=cfg.sft_direct_weight,
+        refine_weight=cfg.sft_refine_weight,
     )
 
 
-def _fields(p: PairLogps) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return p.pi_chosen, p.pi_rejected, p.ref_chosen, p.ref_rejected
-
-
 def micro_step(
+    *,
     model: torch.nn.Module,
     examples: Sequence[Example],
     rows: list[int],
     frozen: FrozenLogps,
     terms: Sequence[str],
     cfg: TrainingConfig,
-    *,
     global_count: int,
     world_size: int,
     pad_id: int,
@@ -192,7 +178,7 @@ def micro_step(
     pi = term_logps(model, [examples[i] for i in rows], terms, cfg, pad_id=pad_id, device=device)
     ref = frozen.ref[idx] if frozen.ref is not None else None
     prev = frozen.prev[idx] if frozen.prev is not None else None
-    per_example, loss_metrics = compute_loss(cfg, terms, pi, ref, prev)
+    per_example, loss_metrics = compute_loss(cfg, terms, pi, ref=ref, prev=prev)
     if count == 0:
         per_example = per_example * 0.0
     loss = dp_scaled_loss(per_example, global_count=global_count, world_size=world_size)
@@ -259,6 +245,7 @@ def round_frozen_logps(
 
 
 def optimizer_step(
+    *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
@@ -267,7 +254,6 @@ def optimizer_step(
     frozen: FrozenLogps,
     terms: Sequence[str],
     cfg: TrainingConfig,
-    *,
     world_size: int,
     pad_id: int,
     device: torch.device,
@@ -277,14 +263,14 @@ def optimizer_step(
     count = 0
     last = len(plan.micro_batches) - 1
     for i, rows in enumerate(plan.micro_batches):
-        with grad_sync(model, cfg, sync=i == last):
+        with grad_sync(model, sync=i == last):
             loss, metrics, n = micro_step(
-                model,
-                examples,
-                rows,
-                frozen,
-                terms,
-                cfg,
+                model=model,
+                examples=examples,
+                rows=rows,
+                frozen=frozen,
+                terms=terms,
+                cfg=cfg,
                 global_count=plan.global_count,
                 world_size=world_size,
                 pad_id=pad_id,

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Worker:
     """What one rank keeps across rounds."""
 
@@ -67,7 +67,7 @@ class Worker:
     world_size: int
     last_done: int
     run_dir: str  # the run directory: the resume record names the checkpoint relative to it
-    lora_base: str = ""  # LoRA: the base model the adapter trains on (its checkpoints name it); "" otherwise
+    lora_base: str  # LoRA: the base model the adapter trains on (its checkpoints name it); "" otherwise
 
 
 def resume_point(start_model: str, coordinator: Any, run_dir: str) -> tuple[int, str, dict[str, Any]]:
@@ -110,7 +110,18 @@ def build_worker(config: dict[str, Any]) -> tuple[Worker, dict[str, Any]]:
     tokenizer = load_tokenizer(config["tokenizer_path"], trust_remote_code=cfg.model.trust_remote_code)
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     base = split_policy(policy_path)[0] if cfg.training.lora.rank else ""
-    worker = Worker(cfg, model, reference, tokenizer, device, rank, world, last_done, config["run_dir"], base)
+    worker = Worker(
+        cfg=cfg,
+        model=model,
+        reference=reference,
+        tokenizer=tokenizer,
+        device=device,
+        rank=rank,
+        world_size=world,
+        last_done=last_done,
+        run_dir=config["run_dir"],
+        lora_base=base,
+    )
     return worker, last_metrics
 
 
@@ -215,14 +226,14 @@ def optimise(
     for plan in tqdm(plans, desc=f"round {round_} train", unit="step", disable=w.rank != 0, mininterval=2.0):
         history.append(
             optimizer_step(
-                w.model,
-                optimizer,
-                scheduler,
-                plan,
-                examples,
-                frozen,
-                terms,
-                tcfg,
+                model=w.model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                plan=plan,
+                examples=examples,
+                frozen=frozen,
+                terms=terms,
+                cfg=tcfg,
                 world_size=w.world_size,
                 pad_id=pad_id,
                 device=w.device,

@@ -220,7 +220,17 @@ def _steps(model: torch.nn.Module, reference: torch.nn.Module | None, cfg, tok, 
     model.train()
     history = [
         optimizer_step(
-            model, opt, sched, p, examples, frozen, terms, t, world_size=1, pad_id=tok.pad_token_id, device=dev
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            plan=p,
+            examples=examples,
+            frozen=frozen,
+            terms=terms,
+            cfg=t,
+            world_size=1,
+            pad_id=tok.pad_token_id,
+            device=dev,
         )
         for p in plans
     ]

@@ -1,17 +1,19 @@
-"""Losses against hand-computed values, their invariants, and the data-parallel reduction."""
+"""Losses against hand-computed values, their invariants, the registry, and the data-parallel reduction."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
-import torch.distributed as dist
 
+from evolve_ray.config import TrainingConfig
 from evolve_ray.core.losses import (
+    LOSSES,
     PairLogps,
     dp_scaled_loss,
     dpo_loss,
     evolve_loss,
-    global_count,
     inpo_loss,
     ipo_loss,
     sft_loss,
@@ -28,26 +30,26 @@ def _pair(margins: list[float]) -> PairLogps:
     return PairLogps(torch.tensor(margins, dtype=torch.float32), z, z, z)
 
 
-def _fields(p: PairLogps) -> tuple[torch.Tensor, ...]:
-    return p.pi_chosen, p.pi_rejected, p.ref_chosen, p.ref_rejected
+def _direct(pair: PairLogps) -> dict[str, PairLogps]:
+    return {"direct": pair}
 
 
 def test_dpo_hand_values() -> None:
     """beta 0.1, m = [0, 10, 20]: -log sigmoid([0, 1, 2]) = [0.693147, 0.313262, 0.126928]."""
-    loss, _ = dpo_loss(*_fields(_pair([0.0, 10.0, 20.0])), beta=0.1)
+    loss, _ = dpo_loss(_direct(_pair([0.0, 10.0, 20.0])), beta=0.1)
     assert loss.tolist() == pytest.approx([0.693147, 0.313262, 0.126928], abs=1e-6)
 
 
 def test_dpo_label_smoothing_hand_values() -> None:
     """-(1-ls) log s(z) - ls log s(-z) = -log s(z) + ls*z; ls 0.1, z = [0, 1, 2]:
     [0.693147, 0.313262 + 0.1, 0.126928 + 0.2] = [0.693147, 0.413262, 0.326928]."""
-    loss, _ = dpo_loss(*_fields(_pair([0.0, 10.0, 20.0])), beta=0.1, label_smoothing=0.1)
+    loss, _ = dpo_loss(_direct(_pair([0.0, 10.0, 20.0])), beta=0.1, label_smoothing=0.1)
     assert loss.tolist() == pytest.approx([0.693147, 0.413262, 0.326928], abs=1e-6)
 
 
 def test_dpo_uses_reference_log_ratio() -> None:
     """pi_c=-1, pi_r=-3, ref_c=-2, ref_r=-2: m = 1 - (-1) = 2; beta 0.5 -> -log s(1) = 0.313262."""
-    loss, _ = dpo_loss(_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0), beta=0.5)
+    loss, _ = dpo_loss(_direct(PairLogps(_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0))), beta=0.5)
     assert loss.item() == pytest.approx(0.313262, abs=1e-6)
 
 
@@ -55,8 +57,8 @@ def test_dpo_swap_chosen_rejected() -> None:
     """Swapping negates z: loss(-z) - loss(z) = z, and the metrics mirror."""
     p = PairLogps(_t(-1.0, -2.0), _t(-3.0, -1.0), _t(-2.0, -2.0), _t(-2.0, -2.0))
     swapped = PairLogps(p.pi_rejected, p.pi_chosen, p.ref_rejected, p.ref_chosen)
-    loss, m = dpo_loss(*_fields(p), beta=0.5)
-    loss_s, m_s = dpo_loss(*_fields(swapped), beta=0.5)
+    loss, m = dpo_loss(_direct(p), beta=0.5)
+    loss_s, m_s = dpo_loss(_direct(swapped), beta=0.5)
     torch.testing.assert_close(loss_s - loss, 0.5 * p.margin())
     assert m_s["margin"] == pytest.approx(-m["margin"])
     assert m_s["chosen_reward"] == pytest.approx(m["rejected_reward"])
@@ -65,7 +67,7 @@ def test_dpo_swap_chosen_rejected() -> None:
 def test_reward_metrics_hand_values() -> None:
     """beta 0.5: chosen rewards [0.5, 0], rejected [-0.5, 0.5], margins [1, -0.5]:
     means 0.25, 0.0, 0.25; accuracy 1/2."""
-    _, m = dpo_loss(_t(-1.0, -2.0), _t(-3.0, -1.0), _t(-2.0, -2.0), _t(-2.0, -2.0), beta=0.5)
+    _, m = dpo_loss(_direct(PairLogps(_t(-1.0, -2.0), _t(-3.0, -1.0), _t(-2.0, -2.0), _t(-2.0, -2.0))), beta=0.5)
     assert m == pytest.approx({"chosen_reward": 0.25, "rejected_reward": 0.0, "margin": 0.25, "reward_acc": 0.5})
     assert all(isinstance(v, float) for v in m.values())
 
@@ -73,9 +75,9 @@ def test_reward_metrics_hand_values() -> None:
 def test_ipo_hand_values_and_swap() -> None:
     """beta 0.1, m = [0, 5, 10, 20]: (0.1 m - 0.5)^2 = [0.25, 0, 0.25, 2.25]; swapped m=5 -> (-1)^2 = 1."""
     p = _pair([0.0, 5.0, 10.0, 20.0])
-    loss, _ = ipo_loss(*_fields(p), beta=0.1)
+    loss, _ = ipo_loss(_direct(p), beta=0.1)
     assert loss.tolist() == pytest.approx([0.25, 0.0, 0.25, 2.25], abs=1e-6)
-    swapped, _ = ipo_loss(p.pi_rejected, p.pi_chosen, p.ref_rejected, p.ref_chosen, beta=0.1)
+    swapped, _ = ipo_loss(_direct(PairLogps(p.pi_rejected, p.pi_chosen, p.ref_rejected, p.ref_chosen)), beta=0.1)
     assert swapped[1].item() == pytest.approx(1.0)
 
 
@@ -84,9 +86,7 @@ def test_evolve_hand_values() -> None:
     Example 0: direct m=10 -> 0.313262; refine m=0 -> 2*0.25; keep m=10 -> 0.5*0.25: 0.938262.
     Example 1: direct m=0 -> 0.693147; refine m=5 -> 0; keep m=5 -> 0: 0.693147."""
     loss, m = evolve_loss(
-        _pair([10.0, 0.0]),
-        _pair([0.0, 5.0]),
-        _pair([10.0, 5.0]),
+        {"direct": _pair([10.0, 0.0]), "refine": _pair([0.0, 5.0]), "keep": _pair([10.0, 5.0])},
         beta=0.1,
         alpha=2.0,
         gamma=0.5,
@@ -100,7 +100,7 @@ def test_evolve_hand_values() -> None:
 def test_evolve_ipo_direct_and_no_keep() -> None:
     """IPO direct: beta 0.1, direct m=[5, 0] -> [0, 0.25]; alpha 1, refine m=[15, 5] -> [1, 0]: [1, 0.25]."""
     loss, m = evolve_loss(
-        _pair([5.0, 0.0]), _pair([15.0, 5.0]), None, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="ipo"
+        {"direct": _pair([5.0, 0.0]), "refine": _pair([15.0, 5.0])}, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="ipo"
     )
     assert loss.tolist() == pytest.approx([1.0, 0.25], abs=1e-6)
     assert "keep_loss" not in m
@@ -113,7 +113,7 @@ def test_evolve_refine_term_optimum_at_half() -> None:
     z = torch.zeros(4)
     refine = PairLogps(pi_c, z, z, z)
     direct = PairLogps(z, z, z, z)  # constant direct term: its gradient w.r.t. pi_c is absent
-    loss, _ = evolve_loss(direct, refine, None, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="dpo")
+    loss, _ = evolve_loss({"direct": direct, "refine": refine}, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="dpo")
     loss.sum().backward()
     assert pi_c.grad is not None
     assert pi_c.grad.tolist() == pytest.approx([-0.02, 0.0, 0.02, 0.1], abs=1e-6)
@@ -122,16 +122,16 @@ def test_evolve_refine_term_optimum_at_half() -> None:
 
 def test_evolve_needs_keep_when_gamma_positive() -> None:
     with pytest.raises(ValueError, match="keep"):
-        evolve_loss(_pair([1.0]), _pair([1.0]), None, beta=0.1, alpha=1.0, gamma=0.5, direct_loss="dpo")
+        evolve_loss({"direct": _pair([1.0]), "refine": _pair([1.0])}, beta=0.1, alpha=1.0, gamma=0.5, direct_loss="dpo")
     with pytest.raises(ValueError, match="direct_loss"):
-        evolve_loss(_pair([1.0]), _pair([1.0]), None, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="kto")  # type: ignore[arg-type]
+        evolve_loss({"direct": _pair([1.0]), "refine": _pair([1.0])}, beta=0.1, alpha=1.0, gamma=0.0, direct_loss="kto")  # type: ignore[arg-type]
 
 
 def test_inpo_hand_values() -> None:
     """eta 0.5, tau 0.25: h = (1 - 0) - 0.5 (0.5 - 0) - 0.5 (0 - 1) = 1.25; (1.25 - 1)^2 = 0.0625.
     All zeros: h = 0, (0 - 1)^2 = 1."""
-    pair = PairLogps(_t(1.0, 0.0), _t(0.0, 0.0), _t(0.5, 0.0), _t(0.0, 0.0))
-    loss, m = inpo_loss(pair, _t(0.0, 0.0), _t(1.0, 0.0), eta=0.5, tau=0.25)
+    pair = PairLogps(_t(1.0, 0.0), _t(0.0, 0.0), _t(0.5, 0.0), _t(0.0, 0.0), _t(0.0, 0.0), _t(1.0, 0.0))
+    loss, m = inpo_loss(_direct(pair), eta=0.5, tau=0.25)
     assert loss.tolist() == pytest.approx([0.0625, 1.0])
     assert m["inpo_h"] == pytest.approx(0.625)
 
@@ -142,24 +142,92 @@ def test_inpo_equals_ipo_when_eta_equals_tau() -> None:
     pair = PairLogps(*(torch.randn(6, generator=gen) * 50 for _ in range(4)))
     prev_c, prev_r = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
     eta = 0.005
-    inpo, _ = inpo_loss(pair, prev_c, prev_r, eta=eta, tau=eta)
-    ipo, _ = ipo_loss(*_fields(pair), beta=eta)
+    with_prev = PairLogps(pair.pi_chosen, pair.pi_rejected, pair.ref_chosen, pair.ref_rejected, prev_c, prev_r)
+    inpo, _ = inpo_loss(_direct(with_prev), eta=eta, tau=eta)
+    ipo, _ = ipo_loss(_direct(pair), beta=eta)
     torch.testing.assert_close(inpo, ipo / eta**2, rtol=1e-4, atol=1e-4)
 
 
 def test_inpo_swap_changes_sign_of_h() -> None:
-    pair = PairLogps(_t(2.0), _t(1.0), _t(0.5), _t(0.0))
-    swapped = PairLogps(pair.pi_rejected, pair.pi_chosen, pair.ref_rejected, pair.ref_chosen)
-    _, m = inpo_loss(pair, _t(0.3), _t(0.1), eta=0.5, tau=0.2)
-    _, m_s = inpo_loss(swapped, _t(0.1), _t(0.3), eta=0.5, tau=0.2)
+    pair = PairLogps(_t(2.0), _t(1.0), _t(0.5), _t(0.0), _t(0.3), _t(0.1))
+    swapped = PairLogps(pair.pi_rejected, pair.pi_chosen, pair.ref_rejected, pair.ref_chosen, _t(0.1), _t(0.3))
+    _, m = inpo_loss(_direct(pair), eta=0.5, tau=0.2)
+    _, m_s = inpo_loss(_direct(swapped), eta=0.5, tau=0.2)
     assert m_s["inpo_h"] == pytest.approx(-m["inpo_h"]) and m["inpo_h"] != 0
 
 
 def test_sft_hand_values() -> None:
     """w_d 1, w_r 0.5: -( [-2, -4] + 0.5 [-1, -3] ) = [2.5, 5.5]; mean NLLs 3 and 2."""
-    loss, m = sft_loss(_t(-2.0, -4.0), _t(-1.0, -3.0), direct_weight=1.0, refine_weight=0.5)
+    chosen_only = {"direct": PairLogps(_t(-2.0, -4.0), _t(0.0, 0.0)), "refine": PairLogps(_t(-1.0, -3.0), _t(0.0, 0.0))}
+    loss, m = sft_loss(chosen_only, direct_weight=1.0, refine_weight=0.5)
     assert loss.tolist() == pytest.approx([2.5, 5.5])
     assert m == pytest.approx({"nll_direct": 3.0, "nll_refine": 2.0})
+
+
+HYPER = {
+    "beta": 0.1,
+    "alpha": 2.0,
+    "gamma": 0.5,
+    "direct_loss": "dpo",
+    "label_smoothing": 0.0,
+    "eta": 0.5,
+    "tau": 0.25,
+    "direct_weight": 1.0,
+    "refine_weight": 0.5,
+}
+
+
+def test_the_registry_names_every_schema_loss() -> None:
+    loss_field = typing.get_type_hints(TrainingConfig)["loss"]
+    assert set(LOSSES) == set(typing.get_args(loss_field))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_takes_one_call(name: str) -> None:
+    """The same pairs (every kind, reference and round-start log-probs) and every hyper-parameter:
+    each loss reads what it needs and gives what its own function gives from its own arguments."""
+    gen = torch.Generator().manual_seed(3)
+    pairs = {
+        kind: PairLogps(*(torch.randn(5, generator=gen) for _ in range(6))) for kind in ("direct", "refine", "keep")
+    }
+    loss, metrics = LOSSES[name](pairs, **HYPER)
+    assert loss.shape == (5,) and torch.isfinite(loss).all()
+    assert metrics and all(isinstance(v, float) for v in metrics.values())
+    own = {
+        "dpo": lambda: dpo_loss(pairs, beta=0.1),
+        "ipo": lambda: ipo_loss(pairs, beta=0.1),
+        "evolve": lambda: evolve_loss(pairs, beta=0.1, alpha=2.0, gamma=0.5, direct_loss="dpo"),
+        "inpo": lambda: inpo_loss(pairs, eta=0.5, tau=0.25),
+        "sft": lambda: sft_loss(pairs, direct_weight=1.0, refine_weight=0.5),
+    }[name]()
+    assert torch.equal(loss, own[0]) and metrics == own[1]
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "evolve", "inpo"])
+def test_a_preference_loss_without_reference_log_probs_is_refused(name: str) -> None:
+    policy_only = {kind: PairLogps(_t(1.0), _t(0.0)) for kind in ("direct", "refine")}
+    with pytest.raises(ValueError, match="reference"):
+        LOSSES[name](policy_only, **HYPER | {"gamma": 0.0})
+
+
+def test_inpo_without_round_start_log_probs_is_refused() -> None:
+    with pytest.raises(ValueError, match="round-start"):
+        inpo_loss(_direct(PairLogps(_t(1.0), _t(0.0), _t(0.0), _t(0.0))), eta=0.5, tau=0.25)
+
+
+def test_compute_loss_reads_each_kind_from_its_column() -> None:
+    """test_evolve_hand_values' pairs laid out as the trainer holds them, [B, K, 2] with K in
+    `terms` order (here keep first): the same per-example loss, 0.938262 and 0.693147."""
+    from evolve_ray.train.step import compute_loss
+
+    margins = {"direct": [10.0, 0.0], "refine": [0.0, 5.0], "keep": [10.0, 5.0]}
+    terms = ("keep", "direct", "refine")
+    pi = torch.zeros(2, 3, 2)
+    for k, term in enumerate(terms):
+        pi[:, k, 0] = _t(*margins[term])
+    cfg = TrainingConfig(loss="evolve", beta=0.1, alpha=2.0, gamma=0.5, direct_loss="dpo")
+    loss, _ = compute_loss(cfg, terms, pi, ref=torch.zeros(2, 3, 2))
+    assert loss.tolist() == pytest.approx([0.938262, 0.693147], abs=1e-6)
 
 
 def _shards_loss_and_grad(sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +237,7 @@ def _shards_loss_and_grad(sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor,
     w = torch.tensor(0.7, requires_grad=True)
     full = ((w * x - 1.0) ** 2).mean()
     (full_grad,) = torch.autograd.grad(full, w)
-    n = global_count(sum(sizes))
+    n = sum(sizes)
     avg_loss, avg_grad = torch.zeros(()), torch.zeros(())
     for shard in torch.split(x, sizes):
         local = dp_scaled_loss((w * shard - 1.0) ** 2, global_count=n, world_size=len(sizes))
@@ -197,15 +265,3 @@ def test_dp_scaled_loss_accepts_a_scalar_sum_and_rejects_zero_count() -> None:
     assert dp_scaled_loss(torch.tensor(6.0), global_count=3, world_size=2).item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="global_count"):
         dp_scaled_loss(torch.tensor(1.0), global_count=0, world_size=1)
-
-
-def test_global_count_with_an_all_reduce(one_rank_gloo) -> None:
-    """A fake SUM all-reduce over three ranks, and the real one on a one-rank gloo group."""
-    others = [5, 2]
-
-    def fake_all_reduce(t: torch.Tensor) -> None:
-        t += sum(others)
-
-    assert global_count(3, fake_all_reduce) == 10
-    assert global_count(3) == 3
-    assert global_count(7, dist.all_reduce) == 7

@@ -29,6 +29,8 @@ from evolve_ray.types import PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
+MAX_NEW_TOKENS = 8  # per answer: the demo's sums need 4 with EOS (generation.max_new_tokens' default)
+GENERATE_BATCH = 128  # user turns per generate() call
 
 
 def train_sft(
@@ -37,16 +39,11 @@ def train_sft(
     pairs: Sequence[PreferencePair],
     cfg: TrainingConfig,
     *,
-    stop_after: int | None = None,
-    on_epoch: Callable[[int], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> list[dict[str, float]]:
     """Self-refinement-aware SFT (cfg.loss must be 'sft'): cfg.epochs passes in cfg.batch_size steps.
 
     Args:
-        stop_after: stop after this many epochs, on the schedule of cfg.epochs (a snapshot of a
-            longer run: the learning rate at each step is the longer run's).
-        on_epoch: called with the epoch index after each epoch.
         should_stop: called with the number of steps taken after each step; True ends training
             there (a measured target reached).
 
@@ -62,12 +59,12 @@ def train_sft(
     torch.manual_seed(cfg.seed)
     model.train()
     history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
+    for epoch in range(cfg.epochs):
         order = epoch_order(len(examples), seed=cfg.seed, round=0, epoch=epoch)
         for start in range(0, len(order), cfg.batch_size):
             batch = [examples[i] for i in order[start : start + cfg.batch_size]]
             pi = term_logps(model, batch, terms, cfg, pad_id=tokenizer.pad_token_id, device=CPU)
-            per_example, metrics = compute_loss(cfg, terms, pi, None, None)
+            per_example, metrics = compute_loss(cfg, terms, pi)
             per_example.mean().backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             opt.step()
@@ -78,8 +75,6 @@ def train_sft(
                 model.eval()
                 return history
         log.info("sft epoch %d: %s", epoch, {k: round(v, 3) for k, v in history[-1].items()})
-        if on_epoch is not None:
-            on_epoch(epoch)
     model.eval()
     return history
 
@@ -90,24 +85,21 @@ def generate(
     tokenizer,
     user_turns: list[str],
     *,
-    max_new_tokens: int = 8,
     temperature: float = 0.0,
     seed: int = 0,
-    batch: int = 128,
 ) -> list[str]:
     """One response per user turn (greedy when temperature is 0), in batches with left padding."""
     torch.manual_seed(seed)
     out: list[str] = []
-    for i in range(0, len(user_turns), batch):
-        ids, mask = pad_rows(
-            [chat_prompt_ids(tokenizer, u) for u in user_turns[i : i + batch]], tokenizer.pad_token_id, left=True
-        )
+    for i in range(0, len(user_turns), GENERATE_BATCH):
+        turns = user_turns[i : i + GENERATE_BATCH]
+        ids, mask = pad_rows([chat_prompt_ids(tokenizer, u) for u in turns], tokenizer.pad_token_id, left=True)
         sample = temperature > 0
         # generate() comes from GenerationMixin, which PreTrainedModel's stubs don't show.
         gen = cast(Any, model).generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=MAX_NEW_TOKENS,
             do_sample=sample,
             temperature=temperature if sample else None,
             top_p=None,
