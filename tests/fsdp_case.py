@@ -17,10 +17,53 @@ from evolve_ray.models.loading import load_policy, load_tokenizer
 from evolve_ray.models.tiny import TinySpec, build_policy, build_tokenizer, save
 from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
 from evolve_ray.train.parallel import full_state_dict, load_reference, load_trainable, wrap_model
-from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
+from evolve_ray.train.step import FrozenLogps, build_optimizer, optimizer_step, round_frozen_logps
 from tests.pairs import fact_pairs
 
 FACTS = [("2+2=", "4", "5"), ("3+3=", "6", "9"), ("capital of France?", "Paris", "Rome"), ("1+1=", "2", "11")]
+
+
+def optimizer_steps(
+    model: torch.nn.Module,
+    cfg: TrainingConfig,
+    examples: list[Example],
+    frozen: FrozenLogps,
+    terms: tuple[str, ...],
+    *,
+    epochs: int,
+    grad_accum: int,
+    pad_id: int,
+    device: torch.device,
+    limit: int | None = None,
+) -> tuple[list[dict[str, float]], torch.optim.Optimizer]:
+    """The optimizer steps of `epochs` epochs (batch 4, one rank; the first `limit` of them), as a
+    worker runs them: each step's metrics, and the optimizer."""
+    plans = [
+        p
+        for e in range(epochs)
+        for p in plan_epoch(
+            len(examples), batch_size=4, grad_accum=grad_accum, rank=0, world_size=1, seed=0, round=0, epoch=e
+        )
+    ][:limit]
+    opt, sched = build_optimizer(model, cfg, len(plans))
+    model.train()
+    history = [
+        optimizer_step(
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            plan=p,
+            examples=examples,
+            frozen=frozen,
+            terms=terms,
+            cfg=cfg,
+            world_size=1,
+            pad_id=pad_id,
+            device=device,
+        )
+        for p in plans
+    ]
+    return history, opt
 
 
 def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, **overrides) -> None:
@@ -52,29 +95,9 @@ def fsdp_steps_lower_the_loss(path: str, device: torch.device, reference: str, *
     frozen = round_frozen_logps(model, ref, examples, terms, cfg, chunks=chunks, pad_id=tok.pad_token_id, device=device)
     assert frozen.ref is not None and torch.isfinite(frozen.ref).all()
     ref_before = frozen.ref.clone()
-    plans = [
-        p
-        for e in range(cfg.epochs)
-        for p in plan_epoch(len(examples), batch_size=4, grad_accum=2, rank=0, world_size=1, seed=0, round=0, epoch=e)
-    ]
-    opt, sched = build_optimizer(model, cfg, len(plans))
-    model.train()
-    history = [
-        optimizer_step(
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            plan=p,
-            examples=examples,
-            frozen=frozen,
-            terms=terms,
-            cfg=cfg,
-            world_size=1,
-            pad_id=tok.pad_token_id,
-            device=device,
-        )
-        for p in plans
-    ]
+    history, _ = optimizer_steps(
+        model, cfg, examples, frozen, terms, epochs=cfg.epochs, grad_accum=2, pad_id=tok.pad_token_id, device=device
+    )
     losses = [h["train/loss"] for h in history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.7 * losses[0]
@@ -111,30 +134,9 @@ def _train_steps(
     terms = loss_terms(tcfg)
     chunks = reference_chunks(len(examples), micro_batch=4, rank=0, world_size=1)
     frozen = round_frozen_logps(model, None, examples, terms, tcfg, chunks=chunks, pad_id=pad_id, device=device)
-    plans = [
-        p
-        for e in range(steps)
-        for p in plan_epoch(len(examples), batch_size=4, grad_accum=1, rank=0, world_size=1, seed=0, round=0, epoch=e)
-    ][:steps]
-    opt, sched = build_optimizer(model, tcfg, len(plans))
-    model.train()
-    history = [
-        optimizer_step(
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            plan=p,
-            examples=examples,
-            frozen=frozen,
-            terms=terms,
-            cfg=tcfg,
-            world_size=1,
-            pad_id=pad_id,
-            device=device,
-        )
-        for p in plans
-    ]
-    return history, opt
+    return optimizer_steps(
+        model, tcfg, examples, frozen, terms, epochs=steps, grad_accum=1, pad_id=pad_id, device=device, limit=steps
+    )
 
 
 def _config(path: str, *sets: str) -> Config:

@@ -30,10 +30,10 @@ from evolve_ray.models.lora import (
     vllm_max_rank,
 )
 from evolve_ray.sync.transport import adapter_dir, pack, unpack
-from evolve_ray.train.batching import build_examples, loss_terms, plan_epoch, reference_chunks
+from evolve_ray.train.batching import build_examples, loss_terms, reference_chunks
 from evolve_ray.train.parallel import AdapterOff, load_trainable, trainable_state_dict, unwrap, wrap_model
-from evolve_ray.train.step import build_optimizer, optimizer_step, round_frozen_logps
-from tests.fsdp_case import FACTS
+from evolve_ray.train.step import round_frozen_logps
+from tests.fsdp_case import FACTS, optimizer_steps
 from tests.pairs import fact_pairs
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 8, 60]])
@@ -211,29 +211,9 @@ def _steps(model: torch.nn.Module, reference: torch.nn.Module | None, cfg, tok, 
     dev = torch.device("cpu")
     kw = {"chunks": chunks, "pad_id": tok.pad_token_id, "device": dev}
     frozen = round_frozen_logps(model, reference, examples, terms, t, **kw)
-    plans = [
-        p
-        for e in range(steps)
-        for p in plan_epoch(len(examples), batch_size=4, grad_accum=2, rank=0, world_size=1, seed=0, round=0, epoch=e)
-    ][:steps]
-    opt, sched = build_optimizer(model, t, len(plans))
-    model.train()
-    history = [
-        optimizer_step(
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            plan=p,
-            examples=examples,
-            frozen=frozen,
-            terms=terms,
-            cfg=t,
-            world_size=1,
-            pad_id=tok.pad_token_id,
-            device=dev,
-        )
-        for p in plans
-    ]
+    history, _ = optimizer_steps(
+        model, t, examples, frozen, terms, epochs=steps, grad_accum=2, pad_id=tok.pad_token_id, device=dev, limit=steps
+    )
     after = round_frozen_logps(model, reference, examples, terms, t, **kw)
     return [h["train/loss"] for h in history], frozen, after
 
