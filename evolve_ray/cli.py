@@ -223,6 +223,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         command="evolve-ray " + " ".join(sys.argv[1:]),
         only=tuple(x.strip() for x in args.arms.split(",") if x.strip()),
         lrs=lrs,
+        docs_page=Path(args.docs_page) if args.docs_page else None,
     )
     print((Path(args.out) / "reproduce.md").read_text(encoding="utf-8"))
     return 0
@@ -254,8 +255,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from evolve_ray.bench.runner import parse_only, run_bench
 
     flags = [f"--only {args.only}"] * bool(args.only) + ["--large"] * args.large + ["--smoke"] * args.smoke
+    flags += [f"--docs-page {args.docs_page}"] * bool(args.docs_page)
     command = " ".join(["evolve-ray bench", *flags, f"--out {args.out}"])
-    run_bench(parse_only(args.only), Path(args.out), command=command, large=args.large, smoke=args.smoke)
+    docs_page = Path(args.docs_page) if args.docs_page else None
+    run_bench(
+        parse_only(args.only), Path(args.out), command=command, large=args.large, smoke=args.smoke, docs_page=docs_page
+    )
     return 0
 
 
@@ -440,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lrs", default=",".join(f"{x:g}" for x in LR_GRID), help="learning-rate grid each arm chooses from"
     )
+    p.add_argument(
+        "--docs-page",
+        metavar="PAGE",
+        help="also replace the `reproduce` block of this markdown page (e.g. docs/results.md) with reproduce.md "
+        "and a line naming this command; a page without that block is refused before any arm runs",
+    )
     _verbose_arg(p)
     p.set_defaults(fn=cmd_reproduce)
 
@@ -461,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAME[,NAME]", help="comma-separated benchmarks (default: all but --large)")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON file; the markdown table goes beside it")
     p.add_argument("--large", action="store_true", help="also push a 500M-parameter model")
+    p.add_argument(
+        "--docs-page",
+        metavar="PAGE",
+        help="also replace the `bench` block of this markdown page (e.g. docs/benchmarks.md) with bench.md and a "
+        "line naming this command; a page without that block is refused before any benchmark runs",
+    )
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: smallest sizes, one rep
     p.set_defaults(fn=cmd_bench)
     return ap

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from evolve_ray.reporting.docs_page import embed, ran_line
+
 SHARED_LOAD = 1.5  # load average at start above which the report says the machine was shared
 
 
@@ -161,6 +163,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- **{b['name']}** ({b['seconds']:.0f} s): {settings}")
         lines += [f"  - {n}" for n in b["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def docs_block(doc: dict[str, Any]) -> str:
+    """A docs page's `bench` block: the line naming the command, then bench.md (the machine,
+    versions and load it names are the run's)."""
+    line = ran_line(doc["command"], started=doc["started"], seconds=doc["total_seconds"])
+    return line + "\n\n" + embed(render_markdown(doc), level=3)
 
 
 def write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:

@@ -3,7 +3,9 @@
 The cluster is the one this process is connected to (jobs/run_bench.py joins one), else a local
 one started here with 4 logical CPUs and no dashboard. The demo runs first, as its own
 subprocess, before that local cluster starts, so two clusters never compete for the cores.
-Results are written after every benchmark: a crash late in the run keeps what was measured.
+Results are written after every benchmark: a crash late in the run keeps what was measured. With
+`docs_page`, that page's `bench` block (evolve_ray.reporting.docs_page) is checked before the first
+benchmark and replaced by bench.md at the end (`evolve-ray bench --docs-page docs/benchmarks.md`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 import ray
 
 from evolve_ray.bench.context import BenchContext
-from evolve_ray.bench.report import SHARED_LOAD, BenchResult, build_doc, fmt, write
+from evolve_ray.bench.report import SHARED_LOAD, BenchResult, build_doc, docs_block, fmt, write
 from evolve_ray.errors import UserError
+from evolve_ray.reporting import docs_page as docs
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,19 @@ def engine_env(workdir: Path) -> dict[str, str]:
     }
 
 
-def run_bench(names: list[str], out: Path, *, command: str, large: bool = False, smoke: bool = False) -> Path:
+def run_bench(
+    names: list[str],
+    out: Path,
+    *,
+    command: str,
+    large: bool = False,
+    smoke: bool = False,
+    docs_page: Path | None = None,
+) -> Path:
     """Run `names` (in BENCHMARKS order), write `out` and its .md; returns `out`. `command` is
-    recorded in the report as what was run."""
+    recorded in the report as what was run. With `docs_page`, its `bench` block becomes bench.md."""
+    if docs_page is not None:
+        docs.check_page(docs_page, "bench")  # refused now, not after the benchmarks have run
     load = list(os.getloadavg())
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.perf_counter()
@@ -126,6 +139,9 @@ def run_bench(names: list[str], out: Path, *, command: str, large: bool = False,
         shutil.rmtree(workdir, ignore_errors=True)
     doc = build_doc(results, run_info)
     json_path, md_path = write(doc, out)
+    if docs_page is not None:
+        docs.refresh_page(docs_page, "bench", docs_block(doc))
+        print(f"bench: refreshed the bench block of {docs_page}", flush=True)
     print(f"bench: goals met {len(doc['goals']['met'])}, missed {len(doc['goals']['missed'])}", flush=True)
     print(f"bench: wrote {json_path} and {md_path} ({run_info['total_seconds']:.0f} s)", flush=True)
     return json_path

@@ -6,7 +6,9 @@ with `loop.eval_model`. An arm that chooses its own learning rate first runs see
 value of the grid and keeps the one with the best `comparison.lr_criterion` (round prompts only);
 that run is its seed-`seeds[0]` result, and the other seeds run at the chosen value. Every
 arm-seed result is written to ARM[/lrX]/seedN/row.json as soon as it exists, so rerunning with the
-same --out skips what is done. The table logic is in evolve_ray.experiments.comparison.
+same --out skips what is done. The table logic is in evolve_ray.experiments.comparison. With
+`docs_page`, the page's `reproduce` block (evolve_ray.reporting.docs_page) is checked before any
+arm runs and then replaced by reproduce.md, under a line naming the command.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from evolve_ray.experiments.comparison import (
     seed_sets,
 )
 from evolve_ray.models.warm_start import warm_start_dir
+from evolve_ray.reporting import docs_page as docs
 from evolve_ray.reporting.report import load_rows
 from evolve_ray.rundir import read_json, write_json
 
@@ -99,8 +102,11 @@ def reproduce(
     command: str = "",
     only: tuple[str, ...] = (),
     lrs: tuple[float, ...] = LR_GRID,
+    docs_page: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every arm (or those in `only`) for every seed; write reproduce.json, .md and .png in `out`."""
+    """Run every arm (or those in `only`) for every seed; write reproduce.json, .md and .png in `out`,
+    and with `docs_page` refresh that page's `reproduce` block with reproduce.md."""
+    began, t0 = time.strftime("%Y-%m-%d %H:%M %Z"), time.perf_counter()
     chosen = arms()
     unknown = sorted(set(only) - set(chosen))
     if unknown:
@@ -110,10 +116,13 @@ def reproduce(
     missing = sorted({a.lr_from for a in chosen.values() if a.lr_from} - set(chosen))
     if missing:
         raise UserError(f"reproduce --arms: {missing[0]} is needed too (other arms take its learning rate)")
+    if docs_page is not None:
+        docs.check_page(docs_page, "reproduce")  # refused now, not after the arms have run
     if smoke:  # a quick check of every arm: one learning rate, no choice
         lrs = lrs[-1:]
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    reused = len(list(out.glob("**/row.json")))  # arm-seed results an earlier run left here
     base = [*DEMO_SETS, *sets, *(SMOKE_SETS if smoke else ())]
     cfg = load_config(None, base=overrides_of(config, base))  # checked where it applies: in the arms
     warm = warm_start_dir(template=cfg.refinement.template)
@@ -140,7 +149,20 @@ def reproduce(
     write_json(out / "reproduce.json", _finite(result))
     (out / "reproduce.md").write_text(markdown(result), encoding="utf-8")
     plot(result, out / "reproduce.png")
+    if docs_page is not None:
+        docs.refresh_page(docs_page, "reproduce", docs_block(result, began, time.perf_counter() - t0, reused))
     return result
+
+
+def docs_block(result: dict[str, Any], started: str, seconds: float, reused: int) -> str:
+    """The docs page's `reproduce` block: the line naming the command, then reproduce.md."""
+    notes = ["Its plot is reproduce.png, beside the reproduce.md it wrote."]
+    if reused:
+        notes.append(f"It reused {reused} arm-seed result(s) an earlier run had left in its output directory.")
+    line = docs.ran_line(
+        result["command"], started=started, seconds=seconds, machine=docs.machine_text(), notes=tuple(notes)
+    )
+    return line + "\n\n" + docs.embed(markdown(result), level=3)
 
 
 def _run_arm_seeds(

@@ -1,19 +1,30 @@
 """`evolve-ray bench --only push` (smallest size, one generator, one rep) on the session's cluster:
-the full push and, beside it, the push of a LoRA adapter of the same model."""
+the full push and, beside it, the push of a LoRA adapter of the same model; `--docs-page` rewrites
+the page's generated block with the table."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import ray
 
 from evolve_ray.cli import main
+from evolve_ray.reporting.docs_page import block, embed, markers
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_push_smoke_writes_the_ratio_to_a_copy_measured_in_the_same_run(ray_cluster, tmp_path) -> None:
     out = tmp_path / "bench.json"
-    assert main(["bench", "--only", "push", "--smoke", "--out", str(out)]) == 0
+    page = tmp_path / "docs/benchmarks.md"  # a copy of the docs page, whose block the command rewrites
+    page.parent.mkdir()
+    shutil.copy(ROOT / "docs/benchmarks.md", page)
+    before = page.read_text(encoding="utf-8")
+    argv = ["bench", "--only", "push", "--smoke", "--out", str(out), "--docs-page", str(page)]
+    assert main(argv) == 0
     assert ray.is_initialized()  # a joined cluster is left running
     doc = json.loads(out.read_text())
     (push,) = doc["benchmarks"]
@@ -37,3 +48,24 @@ def test_bench_push_smoke_writes_the_ratio_to_a_copy_measured_in_the_same_run(ra
     assert settings["10M_adapter_params"] == 942_080 and settings["10M_adapter_bytes"] == 4 * 942_080
     assert adapter["name"] == "push LoRA r16 adapter (0.94M params, 3.8 MB) to 1 generator"
     assert adapter["peer_name"] == "full push" and adapter["peer"] == fig["value"] and adapter["value"] > 0
+    # The page: its block is this run's bench.md under a line naming the command; the rest is as it was.
+    after = page.read_text(encoding="utf-8")
+    start, end = markers("bench")
+    assert after[: after.index(start)] == before[: before.index(start)]
+    assert after[after.index(end) :] == before[before.index(end) :]
+    body = block(after, "bench")
+    command = f"evolve-ray bench --only push --smoke --docs-page {page} --out {out}"
+    assert doc["command"] == command and body.startswith(f"*Written by `{command}`, which ran at ")
+    assert body.endswith(embed((tmp_path / "bench.md").read_text(encoding="utf-8"), level=3))
+    assert "### evolve_ray bench" in body and "| push | push 11M params to 1 generator(s) |" in body
+    assert "| demo |" not in body  # the old table is gone
+
+
+def test_a_docs_page_without_the_block_is_refused_before_any_benchmark(tmp_path, capsys) -> None:
+    page = tmp_path / "page-without-block"
+    page.write_text("# Benchmarks\n", encoding="utf-8")
+    out = tmp_path / "bench" / "bench.json"
+    assert main(["bench", "--only", "push", "--smoke", "--out", str(out), "--docs-page", str(page)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("evolve-ray: error: ") and "has no generated block 'bench'" in err[-1]
+    assert not out.parent.exists()  # nothing ran
