@@ -52,8 +52,9 @@ def test_actor_memory_is_flat_over_ten_rounds(ray_cluster, tiny_models, tmp_path
     assert set(second) == set(tenth)  # the same processes: nothing restarted
     classes = {cls for cls, _ in second}
     assert {"GeneratorActor", "ScorerActor", "BufferActor", "RayTrainWorker", "TrainCoordinator"} <= classes
-    for key in sorted(second):  # MiB after each round; shown with -s, and on failure
-        print(f"{key[0]:>28} {key[1]:>7}:", " ".join(f"{after[r][key] >> 20:5d}" for r in range(ROUNDS)))
+    for key in sorted(second):  # MiB after each round (-: not yet started, e.g. Ray's own actors); -s shows it
+        mib = [f"{after[r][key] >> 20:5d}" if key in after[r] else "    -" for r in range(ROUNDS)]
+        print(f"{key[0]:>28} {key[1]:>7}:", " ".join(mib))
     grown = {
         f"{cls} pid {pid}": f"{second[(cls, pid)] >> 20} MiB -> {tenth[(cls, pid)] >> 20} MiB"
         for cls, pid in second
