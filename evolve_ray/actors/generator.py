@@ -27,7 +27,7 @@ from evolve_ray.engines.factory import make_engine
 from evolve_ray.engines.generation import GenerationRunner
 from evolve_ray.models.loading import load_tokenizer
 from evolve_ray.models.lora import adapter_rank, check_adapter, split_policy
-from evolve_ray.sync.transport import WeightPayload, adapter_dir, unpack
+from evolve_ray.sync.transport import WeightPayload, adapter_dir, adapter_scratch, unpack
 from evolve_ray.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ class GeneratorActor:
         )
         # What a push must match: the full model's names and shapes, or the adapter served (none yet: any).
         self.expected = checkpoint_shapes(adapter or base) if adapter or not self.lora_rank else {}
-        # Where adapters pushed through the object store are written out (made on the first one).
-        self.scratch = Path(tempfile.gettempdir()) / f"evolve-adapters-{os.getpid()}"
+        # Where adapters pushed through the object store are written out (made on the first one);
+        # the ones left by killed generators on this machine are removed here.
+        self.scratch = adapter_scratch(Path(tempfile.gettempdir()), os.getpid())
         if adapter:
             self.engine.load_adapter(adapter, f"v{version}")
         self.runner = GenerationRunner(self.engine, self.tokenizer, cfg)

@@ -16,6 +16,8 @@ directory to load it from (the checkpoint itself on disk, or one written from th
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -97,6 +99,30 @@ def adapter_dir(payload: WeightPayload, weights: Mapping[str, torch.Tensor], scr
     (out / "adapter_config.json").write_text(payload.adapter_config, encoding="utf-8")
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "adapter_model.safetensors"))
     return str(out)
+
+
+SCRATCH_PREFIX = "evolve-adapters-"  # + the generator process's pid
+
+
+def adapter_scratch(root: Path, pid: int) -> Path:
+    """Where generator process `pid` writes the adapters pushed to it through the object store,
+    after removing those of generator processes on this machine that are gone (a killed actor
+    never removes its own)."""
+    for old in root.glob(f"{SCRATCH_PREFIX}*"):
+        other = old.name.removeprefix(SCRATCH_PREFIX)
+        if other.isdigit() and int(other) != pid and not _alive(int(other)):
+            shutil.rmtree(old, ignore_errors=True)
+    return root / f"{SCRATCH_PREFIX}{pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _as_array(t: torch.Tensor) -> np.ndarray:

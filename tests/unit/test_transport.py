@@ -4,7 +4,10 @@ included, and come back bit for bit."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 from evolve_ray.engines.base import WeightLoadError, validate_weights
-from evolve_ray.sync.transport import WeightPayload, pack, unpack
+from evolve_ray.sync.transport import SCRATCH_PREFIX, WeightPayload, adapter_scratch, pack, unpack
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -66,3 +69,17 @@ def test_validate_refuses_other_names_or_shapes() -> None:
         validate_weights({"a": torch.zeros(2), "c": torch.zeros(2)}, {"a": (2,), "b": (2,)})
     with pytest.raises(WeightLoadError, match=r"a: shape \(3,\) != served \(2,\)"):
         validate_weights({"a": torch.zeros(3)}, {"a": (2,)})
+
+
+def test_a_generator_removes_the_adapter_scratch_of_generators_that_are_gone(tmp_path) -> None:
+    """A killed generator never removes the adapters written for it; the next generator on the
+    machine does, and leaves those of live processes (itself included) alone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, live, mine = (tmp_path / f"{SCRATCH_PREFIX}{p}" for p in (gone.pid, os.getppid(), os.getpid()))
+    for d in (dead, live, mine, tmp_path / f"{SCRATCH_PREFIX}notapid"):
+        (d / "v1-x").mkdir(parents=True)
+        (d / "v1-x" / "adapter_model.safetensors").write_bytes(b"0")
+    assert adapter_scratch(tmp_path, os.getpid()) == mine
+    assert not dead.exists()
+    assert live.is_dir() and mine.is_dir() and (tmp_path / f"{SCRATCH_PREFIX}notapid").is_dir()
