@@ -355,7 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="evolve-ray", description="EVOLVE self-refinement training on Ray.")
     ap.set_defaults(verbose=False)  # commands without --verbose start no actors
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_setup_commands, _run_commands, _control_commands, _eval_commands, _output_commands):
+        add(sub)
+    return ap
 
+
+def _setup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """print-config, build-tiny."""
     p = sub.add_parser("print-config", help="print the resolved config")
     _config_args(p)
     p.set_defaults(fn=cmd_print_config)
@@ -372,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_build_tiny)
 
+
+def _run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """run, sft, demo: the commands that train."""
     p = sub.add_parser("run", help="run EVOLVE rounds from a config")
     _config_args(p)
     p.add_argument("--out", help="run directory (overrides run.out)")
@@ -401,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose_arg(p)
     p.set_defaults(fn=cmd_demo)
 
+
+def _control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """status, scale: a running run, from outside it."""
     p = sub.add_parser("status", help="a run's state (running or not, round, stage, metrics), from its directory")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--json", action="store_true", help="machine-readable")
@@ -413,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="the cluster's address (default: from RUN/control.json)")
     p.set_defaults(fn=cmd_scale)
 
+
+def _eval_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """eval, reproduce."""
     p = sub.add_parser("eval", help="per-turn evaluation of a checkpoint on held-out prompts")
     _config_args(p)
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -445,15 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lrs", default=",".join(f"{x:g}" for x in LR_GRID), help="learning-rate grid each arm chooses from"
     )
-    p.add_argument(
-        "--docs-page",
-        metavar="PAGE",
-        help="also replace the `reproduce` block of this markdown page (e.g. docs/results.md) with reproduce.md "
-        "and a line naming this command; a page without that block is refused before any arm runs",
-    )
+    _docs_page_arg(p, "reproduce", "docs/results.md", "arm")
     _verbose_arg(p)
     p.set_defaults(fn=cmd_reproduce)
 
+
+def _output_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """export, report, bench."""
     p = sub.add_parser(
         "export",
         help="export pairs (trl), eval outputs (alpaca_eval), candidates (jsonl), or a LoRA run's last policy "
@@ -472,15 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAME[,NAME]", help="comma-separated benchmarks (default: all but --large)")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON file; the markdown table goes beside it")
     p.add_argument("--large", action="store_true", help="also push a 500M-parameter model")
+    _docs_page_arg(p, "bench", "docs/benchmarks.md", "benchmark")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: smallest sizes, one rep
+    p.set_defaults(fn=cmd_bench)
+
+
+def _docs_page_arg(p: argparse.ArgumentParser, block: str, page: str, unit: str) -> None:
     p.add_argument(
         "--docs-page",
         metavar="PAGE",
-        help="also replace the `bench` block of this markdown page (e.g. docs/benchmarks.md) with bench.md and a "
-        "line naming this command; a page without that block is refused before any benchmark runs",
+        help=f"also replace the `{block}` block of this markdown page (e.g. {page}) with {block}.md and a line "
+        f"naming this command; a page without that block is refused before any {unit} runs",
     )
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: smallest sizes, one rep
-    p.set_defaults(fn=cmd_bench)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
