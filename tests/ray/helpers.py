@@ -8,6 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evolve_ray.engines.base import SamplingSpec
+from evolve_ray.train.batching import build_examples, loss_terms
+from evolve_ray.train.step import term_logps
+from tests.pairs import fact_pairs
 
 
 @torch.no_grad()
@@ -39,3 +42,21 @@ def greedy_ids(generator, prompt_ids: list[list[int]], max_new_tokens: int) -> l
         return [o.token_ids for o in gen.engine.generate(prompt_ids, spec, [0] * len(prompt_ids))]
 
     return ray.get(generator.__ray_call__.remote(probe))
+
+
+@torch.no_grad()
+def chosen_logp(model: torch.nn.Module, cfg, tokenizer, facts, round_: int) -> float:
+    """Mean log-prob of the direct chosen responses of `facts`' pairs under `model`, computed in
+    this process the way the trainer computes its train/ref_chosen_logp."""
+    examples = build_examples(
+        fact_pairs(facts, template=cfg.refinement.template, round_=round_), tokenizer, cfg.training
+    )
+    logps = term_logps(
+        model.eval(),
+        examples,
+        loss_terms(cfg.training),
+        cfg.training,
+        pad_id=tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+    )
+    return logps[:, 0, 0].mean().item()

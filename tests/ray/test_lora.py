@@ -29,13 +29,11 @@ from evolve_ray.models.loading import load_policy
 from evolve_ray.models.lora import adapter_tensors, attach, save_adapter
 from evolve_ray.reporting.export import export_model
 from evolve_ray.sync.transport import pack
-from evolve_ray.train.batching import build_examples, loss_terms
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.train.parallel import load_trainable, trainable_state_dict
-from evolve_ray.train.step import term_logps
 from tests.pairs import fact_pairs
 
-from .helpers import greedy_ids, hf_greedy
+from .helpers import chosen_logp, greedy_ids, hf_greedy
 
 FACTS = [
     ("2+2=", "4", "5"),
@@ -121,23 +119,6 @@ def _peft(base: str, adapter: Path) -> torch.nn.Module:
     return PeftModel.from_pretrained(load_policy(base), str(adapter)).eval()
 
 
-def _chosen_logp(model: torch.nn.Module, cfg, tokenizer, facts, round_: int) -> float:
-    """Mean log-prob of the direct chosen responses under `model` (the trainer's ref_chosen_logp)."""
-    examples = build_examples(
-        fact_pairs(facts, template=cfg.refinement.template, round_=round_), tokenizer, cfg.training
-    )
-    with torch.no_grad():
-        logps = term_logps(
-            model,
-            examples,
-            loss_terms(cfg.training),
-            cfg.training,
-            pad_id=tokenizer.pad_token_id,
-            device=torch.device("cpu"),
-        )
-    return logps[:, 0, 0].mean().item()
-
-
 def test_a_zero_adapter_serves_the_base_outputs_exactly(generators, cfg, ids, tokenizer, tmp_path) -> None:
     """Before any round: an adapter whose B matrices are zero, pushed as version 0 to both engines."""
     base = str(cfg.model.policy)
@@ -171,7 +152,7 @@ def test_a_round_trains_the_adapter_against_the_base_and_saves_it_in_peft_format
     assert (ckpt / "tokenizer.json").is_file()
     # The fixed reference was the base (the same FSDP model with its adapter off), not a second model.
     base = load_policy(str(cfg.model.policy)).eval()
-    assert round0["train/ref_chosen_logp"] == pytest.approx(_chosen_logp(base, cfg, tokenizer, FACTS, 0), abs=1e-4)
+    assert round0["train/ref_chosen_logp"] == pytest.approx(chosen_logp(base, cfg, tokenizer, FACTS, 0), abs=1e-4)
 
 
 def test_vllm_serves_the_adapter_as_transformers_runs_it(round0, generators, cfg, run_dir, ids, tokenizer) -> None:
@@ -274,6 +255,6 @@ def test_a_resumed_trainer_continues_the_saved_adapter(round1, cfg, run_dir, tok
     want = sum(p.detach().double().sum().item() for p in load_trainable(str(ckpt), rcfg).parameters())
     assert before == pytest.approx(want, rel=1e-9)
     assert m["train/ref_chosen_logp"] == pytest.approx(
-        _chosen_logp(load_policy(base).eval(), cfg, tokenizer, FACTS, 2), abs=1e-4
+        chosen_logp(load_policy(base).eval(), cfg, tokenizer, FACTS, 2), abs=1e-4
     )
     assert json.loads((tmp_path / "checkpoints" / "r002" / "adapter_config.json").read_text())["r"] == 8

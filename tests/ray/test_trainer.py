@@ -16,12 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evolve_ray.actors.generator import GeneratorActor
 from evolve_ray.config import load_config, replace
 from evolve_ray.core.refine import chat_prompt_ids
-from evolve_ray.train.batching import build_examples, loss_terms
 from evolve_ray.train.job import TrainerError, TrainerGroup
-from evolve_ray.train.step import term_logps
 from tests.pairs import fact_pairs
 
-from .helpers import greedy_ids, hf_greedy
+from .helpers import chosen_logp, greedy_ids, hf_greedy
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +102,7 @@ def round1(round0, group, cfg, generators) -> dict:
 
 def _ref_chosen_logp(model_path: str, cfg, tokenizer, round_: int) -> float:
     """Mean log-prob of the direct chosen responses under `model_path`, computed here in-process."""
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    examples = build_examples(
-        fact_pairs(FACTS, template=cfg.refinement.template, round_=round_), tokenizer, cfg.training
-    )
-    with torch.no_grad():
-        logps = term_logps(
-            model,
-            examples,
-            loss_terms(cfg.training),
-            cfg.training,
-            pad_id=tokenizer.pad_token_id,
-            device=torch.device("cpu"),
-        )
-    return logps[:, 0, 0].mean().item()
+    return chosen_logp(AutoModelForCausalLM.from_pretrained(model_path), cfg, tokenizer, FACTS, round_)
 
 
 def test_loss_falls_from_the_reference_point(round0) -> None:
