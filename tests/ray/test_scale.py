@@ -31,8 +31,9 @@ from evolve_ray.reporting.report import load_rows
 
 from .cli_process import REPO, Driver, cli_env
 
-PROMPTS, TURNS = 48, 3  # in batches of 2: work is left once a generator added by the scale command
+PROMPTS, TURNS = 96, 3  # in batches of 2: work is left once a generator added by the scale command
 # (a new process) has started its own engine and joins, and once a scale-down command has connected
+# (here 2.6 s of a ~30 s round; 11.3 s on a loaded CI machine, where 48 prompts were all handed out first)
 SLOW = "generation.max_new_tokens=48"  # a random tiny model writes them all: round 1 outlasts the command
 CORES = os.cpu_count() or 1
 LOCAL_CPUS = local_cpus(Config(), CORES)[0]  # what the run's local cluster gets with the defaults
@@ -131,6 +132,7 @@ def scaled(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, Any], str]:
         token = Path(record["auth"]["token_file"]).read_text()
         given = user_env(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
         t = time.time()
+        seen["down_from"] = len(claims(run, 1))
         seen["down"] = cli(
             "scale",
             run.name,
@@ -144,6 +146,7 @@ def scaled(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, Any], str]:
             cwd=elsewhere,
         )
         seen["down_s"] = time.time() - t
+        seen["down_to"] = len(claims(run, 1))
         assert d.wait(timeout=900) == 0, d.output()[-3000:]
         seen["after"] = cli("scale", str(run), "--generators", "3")
         resumed = Driver(
@@ -212,7 +215,8 @@ def test_scale_down_by_address_mid_collect_the_generator_finishes_its_batch_and_
     taken = claims(run, 1)
     last_of_1 = taken.index[taken["worker"] == 1].max()
     # generator 0 still took work after 1 left
-    assert last_of_1 < taken.index[taken["worker"] == 0].max(), f"scale took {seen['down_s']:.1f} s"
+    took = f"scale took {seen['down_s']:.1f} s, from hand-out {seen['down_from']} to {seen['down_to']} of {len(taken)}"
+    assert last_of_1 < taken.index[taken["worker"] == 0].max(), took
     row1 = load_rows(run)[2]
     assert row1["fleet/generators"] == 1 and row1["sync/generators_reached"] == 1
     assert row1["fleet/scorers"] == 1  # the second scorer left at the end of round 1's collect
