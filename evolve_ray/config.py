@@ -152,7 +152,11 @@ class GenerationConfig:
     )
     cpus_per_generator: float = _f(0.5, "Logical CPUs reserved per generator.", min=0, resume=True)
     gpus_per_generator: float = _f(
-        0.0, "GPUs reserved per generator (= tensor_parallel_size from one GPU up).", min=0, resume=True
+        0.0,
+        "GPUs reserved per generator (= tensor_parallel_size from one GPU up; the transformers engine runs on CPU).",
+        min=0,
+        applies=not_("generation.backend", "transformers"),
+        resume=True,
     )
     tensor_parallel_size: int = _f(
         1,
@@ -180,7 +184,13 @@ class GenerationConfig:
     temperature: float = _f(
         0.7, "Sampling temperature of data collection (and of sampled strategies in evaluation); 0 is greedy.", min=0
     )
-    top_p: float = _f(1.0, "Nucleus sampling mass (sampled requests only).", gt=0, max=1)
+    top_p: float = _f(
+        1.0,
+        "Nucleus sampling mass (sampled requests only).",
+        gt=0,
+        max=1,
+        applies=any_(not_("generation.temperature", 0.0), not_("run.eval_strategies", [])),
+    )
     max_new_tokens: int = _f(8, "Maximum tokens per response (the demo's sums need 4 with EOS).", min=1)
     seed: int = _f(0, "Sampling seed (per request seeds derive from it).")
     kv_cache_mib: int = _f(
@@ -220,7 +230,14 @@ class ScoringConfig:
     )
     num_scorers: int = _f(1, "ScorerActor count.", min=1, resume=True)
     cpus_per_scorer: float = _f(0.25, "Logical CPUs reserved per scorer.", min=0, resume=True)
-    gpus_per_scorer: float = _f(0.0, "GPUs reserved per scorer.", min=0, resume=True)
+    gpus_per_scorer: float = _f(
+        0.0,
+        "GPUs reserved per scorer: at most 1, one vLLM rank (the transformers scorer runs on CPU).",
+        min=0,
+        max=1,
+        applies=is_("scoring.backend", "vllm"),
+        resume=True,
+    )
     micro_batch: int = _f(16, "Candidates per reward-model forward pass.", min=1)
 
 
@@ -400,7 +417,10 @@ class ClusterConfig:
         0, "Logical CPUs of a local cluster (0: detect).", min=0, applies=is_("cluster.address", ""), resume=True
     )
     dashboard_host: str = _f(
-        "127.0.0.1", "Dashboard bind address of a local cluster.", applies=is_("cluster.address", ""), resume=True
+        "127.0.0.1",
+        "Dashboard bind address of a local cluster.",
+        applies=all_(is_("cluster.address", ""), is_("cluster.include_dashboard", True)),
+        resume=True,
     )
     include_dashboard: bool = _f(
         True, "Start the dashboard with a local cluster.", applies=is_("cluster.address", ""), resume=True
@@ -410,6 +430,11 @@ class ClusterConfig:
         "Memory of one GPU, for the memory plan (print-config, and a refusal at start when a role cannot fit); "
         "0: read from the driver's GPU when it has one, else the plan shows needs only.",
         min=0,
+        applies=any_(
+            not_("generation.gpus_per_generator", 0.0),
+            not_("scoring.gpus_per_scorer", 0.0),
+            is_("training.use_gpu", True),
+        ),
         resume=True,
     )
     placement_timeout_s: float = _f(
@@ -422,16 +447,22 @@ class RunConfig:
     out: str = _f("runs/evolve", "Run directory (the only place the project writes).")
     rounds: int = _f(3, "EVOLVE rounds.", min=0, resume=True)
     eval_strategy: Literal["direct", "chain"] = _f(
-        "chain", "Strategy of the per-round evaluation (greedy: one chain at temperature 0).", resume=True
+        "chain",
+        "Strategy of the per-round evaluation (greedy: one chain at temperature 0).",
+        applies=not_("data.eval_prompts", 0),
+        resume=True,
     )
     eval_turns: int = _f(
         3,
         "Refinement turns evaluated: K of the per-round chain, and of the chain strategies in run.eval_strategies "
         "when no budget chooses it.",
         min=0,
-        applies=any_(
-            is_("run.eval_strategy", "chain"),
-            all_(has("run.eval_strategies", "chain", "parallel_chain", "vote"), is_("run.eval_budget_tokens", 0.0)),
+        applies=all_(
+            not_("data.eval_prompts", 0),
+            any_(
+                is_("run.eval_strategy", "chain"),
+                all_(has("run.eval_strategies", "chain", "parallel_chain", "vote"), is_("run.eval_budget_tokens", 0.0)),
+            ),
         ),
         resume=True,
     )
@@ -475,6 +506,7 @@ class RunConfig:
     eval_start: bool = _f(
         True,
         "Evaluate the starting policy before round 0 (report row 'start'); false skips it, e.g. when it is known.",
+        applies=not_("data.eval_prompts", 0),
         resume=True,
     )
     unchanged_tolerance: float = _f(
@@ -725,6 +757,17 @@ def _check_collection(cfg: Config) -> None:
             f"(generation.strategy=chain or parallel_chain, generation.turns >= 1), not strategy={g.strategy} "
             f"with turns={g.turns if g.strategy in ('chain', 'parallel_chain') else 0}"
         )
+    if sel.rule in ("rule", "consistency") and chains > 1:
+        raise ConfigError(
+            f"selection.rule={sel.rule} reads chain 0 only: generation.num_samples={g.num_samples} would generate "
+            f"{chains - 1} more chain(s) per prompt that no pair uses; collect with strategy=chain, or pick across "
+            "chains with selection.rule=reward or verifier"
+        )
+    if g.temperature == 0 and chains > 1:
+        raise ConfigError(
+            f"generation.temperature=0 with generation.strategy={g.strategy} and num_samples={g.num_samples}: "
+            f"greedy decoding makes the {chains} chains of a prompt copies of one; set a temperature above 0"
+        )
     if sel.rule == "consistency" and sel.consistency_turns > g.turns:
         raise ConfigError(
             f"selection.consistency_turns={sel.consistency_turns} is above generation.turns={g.turns}: the last "
@@ -807,6 +850,12 @@ def _check_comparison(cfg: Config, explicit: frozenset[str] | set[str]) -> None:
             raise ConfigError(
                 f"run.eval_temperatures.{name}=0: {name} samples N answers, and N greedy answers are N copies of one"
             )
+    sampled = [n for n in r.eval_strategies if n not in ("direct", "chain") and n not in r.eval_temperatures]
+    if sampled and cfg.generation.temperature == 0 and (r.eval_num_samples > 1 or r.eval_budget_tokens > 0):
+        raise ConfigError(
+            f"run.eval_strategies: {sampled[0]} samples N answers at generation.temperature, which is 0, and N "
+            f"greedy answers are N copies of one; set run.eval_temperatures.{sampled[0]} above 0"
+        )
     if r.eval_strategies and r.eval_budget_tokens > 0 and (r.eval_strategy != "chain" or r.eval_turns < 1):
         raise ConfigError(
             "run.eval_budget_tokens needs run.eval_strategy=chain with run.eval_turns >= 1: the cost of a first "

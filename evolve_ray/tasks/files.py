@@ -4,7 +4,9 @@ Row formats: chat (a `prompt` string, or `messages` whose first user turn is the
 (instruction + optional input; `output` is a reference, not checkable), gsm8k (question + an
 answer ending in '#### <number>'; verifiable), columns (named prompt/answer columns; verifiable
 when an answer column is named), auto (picked from the columns present: `prompt` beside `answer`
-reads as columns with that answer checked, never as chat with the answer dropped).
+reads as columns with that answer checked, never as chat with the answer dropped; so do the
+columns data.prompt_column and data.answer_column name, and a named column that the detected
+format would not read is refused).
 
 A row that cannot become a prompt is skipped and counted under one reason (`SKIP_REASONS`), with
 its line number in the log, so one bad line never costs the whole file. JSON is parsed here
@@ -162,8 +164,11 @@ def read_rows(path: str) -> tuple[list[tuple[int, Any]], str]:
 # Parsing: one row -> (question, answer), or BadRow
 
 
-def detect_format(columns: set[str], prompt_column: str) -> str:
-    """The format implied by the column names present (see the module docstring)."""
+def detect_format(columns: set[str], prompt_column: str, answer_column: str = "") -> str:
+    """The format implied by the column names present (see the module docstring); the columns a
+    user named (data.prompt_column and data.answer_column) both present make it `columns`."""
+    if answer_column and {prompt_column, answer_column} <= columns:
+        return "columns"
     if {"question", "answer"} <= columns:
         return "gsm8k"
     if "instruction" in columns:
@@ -327,10 +332,20 @@ class FileTask:
         detected = format == "auto"
         if detected:
             columns = {k for _, row in rows if isinstance(row, dict) for k in row}
-            format = detect_format(columns, prompt_column)
+            format = detect_format(columns, prompt_column, answer_column)
             if format == "columns" and not answer_column and "answer" in columns:
                 answer_column = "answer"
             log.info("%s: detected format %r from columns %s", path, format, sorted(columns))
+            named = {
+                "data.prompt_column": prompt_column if prompt_column != "prompt" else "",
+                "data.answer_column": answer_column,
+            }
+            if format != "columns" and (unread := [f"{k}={v}" for k, v in named.items() if v]):
+                raise UserError(
+                    f"{path}: {' and '.join(unread)} is set, but columns {sorted(columns)} were detected as the "
+                    f"{format} format, which does not read it; set data.format=columns (the named columns must "
+                    "be in the file), or remove it"
+                )
         self.format = format
         self.verifiable = format == "gsm8k" or (format == "columns" and bool(answer_column))
         valid, failures = parse_rows(rows, format, prompt_column, answer_column, unit)

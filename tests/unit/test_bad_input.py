@@ -80,7 +80,13 @@ def test_yaml_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
 
 def test_more_gpus_than_the_cluster_has_names_each_ask() -> None:
     cfg = load_config(
-        None, ["generation.num_generators=2", "generation.gpus_per_generator=1", "scoring.gpus_per_scorer=1"]
+        None,
+        [
+            "generation.num_generators=2",
+            "generation.gpus_per_generator=1",
+            "scoring.backend=vllm",
+            "scoring.gpus_per_scorer=1",
+        ],
     )
     with pytest.raises(ConfigError) as e:
         check_gpus(cfg, 2.0)

@@ -204,10 +204,29 @@ def test_auto_detects_each_format(tmp_path: Path) -> None:
         "columns": {"text": "Hi"},
     }
     for fmt, row in cases.items():
-        task = FileTask(str(write_jsonl(tmp_path / f"{fmt}.jsonl", [row])), prompt_column="text", eval_prompts=0)
+        column = {"prompt_column": "text"} if fmt == "columns" else {}
+        task = FileTask(str(write_jsonl(tmp_path / f"{fmt}.jsonl", [row])), **column, eval_prompts=0)
         assert task.format == fmt
     with pytest.raises(UserError, match=r"cannot detect the data format from columns \['body'\]"):
         FileTask(str(write_jsonl(tmp_path / "odd.jsonl", [{"body": "Hi"}])))
+
+
+def test_auto_reads_the_columns_a_user_named_or_refuses_them(tmp_path: Path) -> None:
+    """data.answer_column named beside the prompt column makes the file `columns` (its answers
+    checked), though a `prompt` column alone would read as chat; a named column the detected
+    format would not read is refused in one line, not dropped."""
+    path = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "What is 3*4?", "solution": 12}])
+    assert FileTask(str(path), eval_prompts=0).format == "chat"
+    task = FileTask(str(path), answer_column="solution", eval_prompts=0)
+    assert task.format == "columns" and task.verifiable
+    assert [p.answer for p in all_prompts(task)] == ["12"]
+    gsm = write_jsonl(tmp_path / "g.jsonl", GSM8K_ROWS)
+    for named, shown in (
+        ({"answer_column": "solution"}, "data.answer_column=solution"),
+        ({"prompt_column": "q"}, "data.prompt_column=q"),
+    ):
+        with pytest.raises(UserError, match=rf"{shown} is set, but columns .* were detected as the gsm8k format"):
+            FileTask(str(gsm), **named, eval_prompts=0)
 
 
 # ----------------------------------------------------------------------------------------------

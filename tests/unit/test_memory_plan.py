@@ -309,7 +309,7 @@ def test_a_verifier_scorer_holds_no_model_but_reserves_its_cpus() -> None:
 def test_a_verifier_run_that_picks_best_of_n_counts_the_picking_reward_model() -> None:
     """Best-of-N under the verifier is picked by a reward model the scorers load: the plan holds it
     (here the built-in one, read from its config), and only then."""
-    sets = ["scoring.kind=verifier", "scoring.gpus_per_scorer=1", "cluster.gpu_memory_gib=80"]
+    sets = ["scoring.kind=verifier", "scoring.backend=vllm", "scoring.gpus_per_scorer=1", "cluster.gpu_memory_gib=80"]
     picking = plan_for(load_config(None, [*sets, "run.eval_strategies=[chain,parallel]"]))
     assert row_parts(picking, "scorer")["weights fp32"] > 0
     plain = plan_for(load_config(None, [*sets, "run.eval_strategies=[chain]"]))

@@ -221,6 +221,30 @@ IGNORED = [
     ),
     (["sft.epochs=2"], "sft.epochs", "sft.data is empty"),
     (["data.format=chat"], "data.format", "data.task=arith"),
+    (
+        ["generation.backend=transformers", "generation.gpus_per_generator=1"],
+        "generation.gpus_per_generator",
+        "generation.backend=transformers",
+    ),
+    (["scoring.gpus_per_scorer=1"], "scoring.gpus_per_scorer", "scoring.backend=transformers"),
+    (
+        ["cluster.include_dashboard=false", "cluster.dashboard_host=0.0.0.0"],
+        "cluster.dashboard_host",
+        "cluster.include_dashboard=false",
+    ),
+    (
+        ["cluster.gpu_memory_gib=80"],
+        "cluster.gpu_memory_gib",
+        "generation.gpus_per_generator=0 and scoring.gpus_per_scorer=0 and training.use_gpu=false",
+    ),
+    (["data.eval_prompts=0", "run.eval_strategy=direct"], "run.eval_strategy", "data.eval_prompts=0"),
+    (["data.eval_prompts=0", "run.eval_turns=1"], "run.eval_turns", "data.eval_prompts=0"),
+    (["data.eval_prompts=0", "run.eval_start=false"], "run.eval_start", "data.eval_prompts=0"),
+    (
+        ["generation.temperature=0", "generation.top_p=0.9"],
+        "generation.top_p",
+        "generation.temperature=0 and run.eval_strategies is empty",
+    ),
 ]
 
 
@@ -246,6 +270,17 @@ def test_an_option_with_no_effect_is_refused_naming_it_and_why(sets: list[str], 
         ["run.eval_strategy=direct", "run.eval_strategies=[chain]", "run.eval_turns=2"],
         ["sft.data=p.jsonl", "sft.epochs=2"],
         ["cluster.num_cpus=2"],
+        ["generation.gpus_per_generator=1"],
+        ["scoring.backend=vllm", "scoring.gpus_per_scorer=1"],
+        ["cluster.dashboard_host=0.0.0.0"],
+        ["training.use_gpu=true", "cluster.gpu_memory_gib=80"],
+        ["run.eval_strategy=direct", "run.eval_start=false"],
+        [
+            "generation.temperature=0",
+            "run.eval_strategies=[vote]",
+            "run.eval_temperatures={vote: 0.7}",
+            "generation.top_p=0.9",
+        ],
     ],
 )
 def test_the_same_options_where_they_apply_pass(sets: list[str]) -> None:

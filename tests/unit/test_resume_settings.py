@@ -80,7 +80,12 @@ def run(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("item", MAY_CHANGE)
 def test_settings_of_the_remaining_work_may_change(item: str) -> None:
-    base = ["run.rounds=3", "run.eval_strategies=[vote]"]  # the run.eval_* options that need a comparison
+    base = [
+        "run.rounds=3",
+        "run.eval_strategies=[vote]",
+        "scoring.backend=vllm",
+        "training.use_gpu=true",
+    ]  # where they apply
     old = load_config(None, base)
     changes = config_changes(old, load_config(None, [*base, item]))
     assert list(changes) == [item.split("=")[0]]
