@@ -81,7 +81,8 @@ class PreferencePair:
     """One training pair: under the user turn `prompt`, `chosen` is preferred to `rejected`.
 
     kind=direct: prompt is the question x. kind=refine: prompt is t(x, y_l) (the rejected answer
-    shown as the example). kind=keep: prompt is t(x, y_w).
+    shown as the example). kind=keep: prompt is t(x, y_w). chosen_cut / rejected_cut: that response
+    stopped at generation.max_new_tokens, not at EOS: it is trained as generated, without an EOS.
     """
 
     prompt_id: str
@@ -97,6 +98,8 @@ class PreferencePair:
     rejected_score: float | None
     rule: str
     policy_version: int
+    chosen_cut: bool = False
+    rejected_cut: bool = False
 
     @property
     def id(self) -> str:

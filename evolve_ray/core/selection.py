@@ -147,6 +147,8 @@ def _pairs(
             rejected_score=_score_or_none(rejected),
             rule=rule,
             policy_version=win.policy_version,
+            chosen_cut=win.finish_reason == "length",
+            rejected_cut=lose.finish_reason == "length",
         )
         for kind, prompt in prompts.items()
     )

@@ -54,11 +54,13 @@ def chain_scores(cands: list[Candidate], score_of: Mapping[str, float | None]) -
 
 
 def turn_lengths(cands: list[Candidate]) -> dict[str, float]:
-    """turn_{k}_mean_tokens: mean generated tokens of the responses at turn k (length drift)."""
+    """turn_{k}_mean_tokens: mean generated tokens of the responses at turn k (length drift);
+    cut_frac: the share stopped at generation.max_new_tokens rather than at EOS."""
     by_turn: dict[int, list[float]] = {}
     for c in cands:
         by_turn.setdefault(c.turn, []).append(float(c.num_tokens))
-    return {f"turn_{k}_mean_tokens": mean(v) for k, v in sorted(by_turn.items())}
+    cut = [float(c.finish_reason == "length") for c in cands]
+    return {f"turn_{k}_mean_tokens": mean(v) for k, v in sorted(by_turn.items())} | {"cut_frac": mean(cut)}
 
 
 def accuracy_stats(cands: list[Candidate], correct: Mapping[str, float]) -> dict[str, float]:

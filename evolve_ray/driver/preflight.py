@@ -32,6 +32,12 @@ def resolve_models(cfg: Config, *, picks: bool = False) -> ResolvedModels:
     m = cfg.model
     policy, reward = m.policy, m.reward
     needs_reward = cfg.scoring.kind == "reward_model" or picks
+    if needs_reward and not reward and cfg.data.task != "arith":
+        raise ConfigError(
+            f"model.reward is empty and data.task={cfg.data.task}: the built-in reward model knows only the "
+            "built-in arithmetic task and would score your prompts' answers at random; set model.reward to a "
+            "reward model for them, or scoring.kind=verifier where the data has answers to check"
+        )
     if not policy or (not reward and needs_reward):
         built_in = warm_start_dir(template=cfg.refinement.template)
         policy = policy or str(built_in / "policy")

@@ -8,6 +8,7 @@ No ray here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,9 +48,31 @@ class Engine(Protocol):
         ...
 
 
-def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes from a checkpoint's safetensors headers (no tensor is read)."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+def safetensors_files(model: str | Path) -> list[Path]:
+    """A checkpoint's safetensors files: those of a folder, or a hub id's in the Hugging Face cache
+    (where loading it, by vLLM or transformers, put them): the single file or the index's shards."""
+    if Path(model).is_dir():
+        return sorted(Path(model).glob("*.safetensors"))
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(str(model), "model.safetensors.index.json")
+    if isinstance(index, str):
+        shards = set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values())
+        return [Path(index).parent / shard for shard in sorted(shards)]
+    single = try_to_load_from_cache(str(model), "model.safetensors")
+    return [Path(single)] if isinstance(single, str) else []
+
+
+def checkpoint_shapes(model: str | Path) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes from a checkpoint's safetensors headers (no tensor is read);
+    `model` is a folder or a loaded hub id (safetensors_files). None found is an error, not {}: a
+    push checked against no names would be refused whatever it held."""
+    files = safetensors_files(model)
+    if not files:
+        raise WeightLoadError(
+            f"no safetensors weights found for {model} (a folder's *.safetensors, or a hub id's files in the "
+            "Hugging Face cache): weight pushes are checked against their names and shapes"
+        )
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
         with safe_open(f, framework="pt") as st:

@@ -34,10 +34,12 @@ def loss_terms(cfg: TrainingConfig) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TokenSeq:
-    """One context+response token sequence; tokens from `prompt_len` on are the response."""
+    """One context+response token sequence; tokens from `prompt_len` on are the response. `cut`:
+    tokens dropped to fit training.max_len (the prompt's start first, then the response's end)."""
 
     ids: list[int]
     prompt_len: int
+    cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,19 +98,22 @@ def encode_sequence(prompt_ids: list[int], response_ids: list[int], max_len: int
     keep_prompt = max(1, max_len - len(response_ids))
     prompt = prompt_ids[-keep_prompt:]
     response = response_ids[: max_len - len(prompt)]
-    return TokenSeq(ids=prompt + response, prompt_len=len(prompt))
+    cut = len(prompt_ids) + len(response_ids) - len(prompt) - len(response)
+    return TokenSeq(ids=prompt + response, prompt_len=len(prompt), cut=cut)
 
 
 def encode_pair(tokenizer: Any, pair: PreferencePair, *, max_len: int) -> EncodedPair:
-    """Tokenize one pair: chat-formatted context, then each response + EOS."""
+    """Tokenize one pair: chat-formatted context, then each response + EOS, as generated: a
+    response cut at generation.max_new_tokens gets no EOS (the model never ended it; teaching it
+    to end there would teach it to stop mid-answer)."""
     prompt = chat_prompt_ids(tokenizer, pair.prompt)
 
-    def response(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    def response(text: str, cut: bool) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + ([] if cut else [tokenizer.eos_token_id])
 
     return EncodedPair(
-        chosen=encode_sequence(prompt, response(pair.chosen), max_len),
-        rejected=encode_sequence(prompt, response(pair.rejected), max_len),
+        chosen=encode_sequence(prompt, response(pair.chosen, pair.chosen_cut), max_len),
+        rejected=encode_sequence(prompt, response(pair.rejected, pair.rejected_cut), max_len),
     )
 
 
@@ -122,6 +127,11 @@ def build_examples(pairs: Sequence[PreferencePair], tokenizer: Any, cfg: Trainin
         )
         for group in group_pairs(pairs, terms)
     ]
+
+
+def cut_examples(examples: Sequence[Example]) -> int:
+    """How many examples lost tokens to training.max_len (in any sequence of any term)."""
+    return sum(any(s.cut for p in e.terms.values() for s in (p.chosen, p.rejected)) for e in examples)
 
 
 def collate(seqs: Sequence[TokenSeq], *, pad_id: int) -> TokenBatch:

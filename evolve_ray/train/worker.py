@@ -34,7 +34,7 @@ from evolve_ray.errors import UserError
 from evolve_ray.models.loading import load_tokenizer
 from evolve_ray.models.lora import ADAPTER_CONFIG, adapter_tensors, base_record, is_adapter, save_adapter, split_policy
 from evolve_ray.sync.transport import pack
-from evolve_ray.train.batching import Example, build_examples, loss_terms, plan_epoch, reference_chunks
+from evolve_ray.train.batching import Example, build_examples, cut_examples, loss_terms, plan_epoch, reference_chunks
 from evolve_ray.train.parallel import (
     AdapterOff,
     full_state_dict,
@@ -163,12 +163,22 @@ def run_round(w: Worker, job: RoundJob) -> tuple[dict[str, float], dict[str, Any
     tcfg = w.cfg.training
     torch.manual_seed(tcfg.seed + job.round)
     examples = build_examples(ray.get(job.pairs[0]), w.tokenizer, tcfg)
+    if cut := cut_examples(examples):
+        logger.warning(
+            "round %d: %d of %d examples are longer than training.max_len=%d and lose their prompt's start "
+            "(or their response's end); raise training.max_len if memory allows",
+            job.round,
+            cut,
+            len(examples),
+            tcfg.max_len,
+        )
     history, checksums, facts = optimise(w, examples, job.round, submitted_at=job.submitted_at)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     sync_s, lost, reached = save_and_push(w, job)
     metrics = (
         round_metrics(history, len(examples))
+        | {"train/cut_examples": float(cut)}
         | facts
         | {
             "train/seconds": train_s,

@@ -138,6 +138,17 @@ def test_cli_tokenizer_without_chat_template(tmp_path: Path, tiny_models) -> Non
     assert_one_line_error(r, "no chat template")
 
 
+def test_a_file_task_without_a_reward_model_is_refused_not_scored_by_the_built_in_one(
+    tmp_path: Path, tiny_models
+) -> None:
+    """The built-in reward model knows only the arithmetic task: it never scores a user's prompts."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n")
+    args = ["run", "--out", str(tmp_path / "run"), "--set", f"model.policy={tiny_models['policy']}"]
+    r = run_cli(*args, "--set", "data.task=file", "--set", f"data.path={prompts}")
+    assert_one_line_error(r, "model.reward is empty and data.task=file: the built-in reward model knows only")
+
+
 def test_cli_prompt_file_without_a_valid_row(tmp_path: Path, tiny_models) -> None:
     bad = tmp_path / "prompts.jsonl"
     bad.write_text("\n".join([json.dumps({"prompt": ""}), "{not json", json.dumps({"prompt": 3})]) + "\n")

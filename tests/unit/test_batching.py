@@ -13,6 +13,7 @@ from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.train.batching import (
     build_examples,
     collate_term,
+    cut_examples,
     encode_sequence,
     group_pairs,
     loss_terms,
@@ -66,6 +67,21 @@ def test_masks_mark_exactly_the_response_and_eos(tokenizer) -> None:
     assert batch.attention_mask.tolist() == [[1] * (len(prompt) + 2) + [0] * 3, [1] * (len(prompt) + 5)]
 
 
+def test_a_response_cut_at_the_token_cap_is_trained_without_eos(tokenizer) -> None:
+    """A response the engine stopped at generation.max_new_tokens is trained as generated: the
+    model never ended it, and an EOS after it would teach it to stop mid-answer."""
+    pair = dataclasses.replace(make_pair("a", "direct", chosen="4", rejected="five"), rejected_cut=True)
+    batch = collate_term(build_examples([pair], tokenizer, _cfg(loss="dpo")), "direct", pad_id=tokenizer.pad_token_id)
+    prompt = chat_prompt_ids(tokenizer, "What is 2+2?")
+    chosen, rejected = batch.input_ids.tolist()
+    assert chosen[len(prompt) : len(prompt) + 2] == [
+        *tokenizer.encode("4", add_special_tokens=False),
+        tokenizer.eos_token_id,
+    ]
+    assert rejected[len(prompt) :] == tokenizer.encode("five", add_special_tokens=False)  # 4 tokens, no EOS
+    assert batch.response_mask.tolist()[1] == [0] * len(prompt) + [1] * 4
+
+
 def test_sft_collates_chosen_only(tokenizer) -> None:
     examples = build_examples(
         [make_pair("a", "direct"), make_pair("a", "refine", prompt="fix: five")], tokenizer, _cfg(loss="sft")
@@ -76,11 +92,11 @@ def test_sft_collates_chosen_only(tokenizer) -> None:
 
 def test_truncation_cuts_the_prompt_from_the_left_first() -> None:
     s = encode_sequence(list(range(10)), [100, 101, 102], max_len=8)
-    assert s.ids == [5, 6, 7, 8, 9, 100, 101, 102] and s.prompt_len == 5
+    assert s.ids == [5, 6, 7, 8, 9, 100, 101, 102] and s.prompt_len == 5 and s.cut == 5
     s = encode_sequence(list(range(10)), list(range(100, 112)), max_len=8)  # response alone too long
-    assert s.ids == [9, *range(100, 107)] and s.prompt_len == 1
+    assert s.ids == [9, *range(100, 107)] and s.prompt_len == 1 and s.cut == 9 + 5
     s = encode_sequence([1, 2], [3], max_len=8)
-    assert s.ids == [1, 2, 3] and s.prompt_len == 2
+    assert s.ids == [1, 2, 3] and s.prompt_len == 2 and s.cut == 0
 
 
 def test_truncated_example_respects_max_len(tokenizer) -> None:
@@ -90,6 +106,8 @@ def test_truncated_example_respects_max_len(tokenizer) -> None:
         assert len(seq.ids) == 40
         assert seq.ids[-1] == tokenizer.eos_token_id
     assert ex.terms["direct"].rejected.prompt_len == 40 - 31
+    short = make_pair("b", "direct")
+    assert cut_examples(build_examples([long, short], tokenizer, _cfg(loss="dpo", max_len=40))) == 1
 
 
 @pytest.mark.parametrize(

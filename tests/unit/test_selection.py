@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -51,6 +52,15 @@ def test_reward_argmax_vs_argmin_and_pair_fields() -> None:
     for p in sel.pairs:
         assert (p.chosen, p.rejected, p.chosen_score, p.rejected_score) == ("c0t1", "c0t0", 0.9, 0.1)
         assert (p.prompt_id, p.round, p.rule, p.policy_version) == (P, 2, "reward", 11)
+
+
+def test_a_pair_marks_which_response_stopped_at_the_token_cap() -> None:
+    cut = _sc(0, 0.1)
+    cut = ScoredCandidate(dataclasses.replace(cut.candidate, finish_reason="length"), cut.score)
+    ended = _sc(1, 0.9)
+    ended = ScoredCandidate(dataclasses.replace(ended.candidate, finish_reason="stop"), ended.score)
+    for p in _select("reward", [cut, ended], keep_pairs=True).pairs:
+        assert (p.chosen_cut, p.rejected_cut) == (False, True)
 
 
 def test_keep_pair_shows_the_chosen_answer() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -75,9 +76,10 @@ def test_accuracy_stats_count_fixed_and_broken_answers() -> None:
 
 
 def test_turn_lengths_average_tokens_per_turn() -> None:
-    """Turn 0: (2 + 4) / 2 = 3 tokens; turn 1: 6."""
+    """Turn 0: (2 + 4) / 2 = 3 tokens; turn 1: 6. One response of three stopped at the token cap."""
     cands = [_cand("p", 0, "a", 2), _cand("q", 0, "b", 4), _cand("p", 1, "c", 6)]
-    assert turn_lengths(cands) == {"turn_0_mean_tokens": 3.0, "turn_1_mean_tokens": 6.0}
+    cands[2] = dataclasses.replace(cands[2], finish_reason="length")
+    assert turn_lengths(cands) == {"turn_0_mean_tokens": 3.0, "turn_1_mean_tokens": 6.0, "cut_frac": 1 / 3}
 
 
 def test_reward_vs_verifier_agreement_and_wrong_chosen() -> None:

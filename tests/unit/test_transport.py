@@ -4,17 +4,20 @@ included, and come back bit for bit."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from evolve_ray.engines.base import WeightLoadError, validate_weights
+from evolve_ray.engines.base import WeightLoadError, checkpoint_shapes, validate_weights
 from evolve_ray.sync.transport import SCRATCH_PREFIX, WeightPayload, adapter_scratch, pack, unpack
 
 
@@ -83,3 +86,43 @@ def test_a_generator_removes_the_adapter_scratch_of_generators_that_are_gone(tmp
     assert adapter_scratch(tmp_path, os.getpid()) == mine
     assert not dead.exists()
     assert live.is_dir() and mine.is_dir() and (tmp_path / f"{SCRATCH_PREFIX}notapid").is_dir()
+
+
+def test_a_hub_id_is_checked_against_its_files_in_the_hugging_face_cache(tmp_path, tiny_models, monkeypatch) -> None:
+    """model.policy as a hub id: a generator checks pushes against the names and shapes of the
+    files loading it put in the Hugging Face cache (one file, or an index's shards), as for a
+    folder; none found is an error at start, never an empty list that refuses every push."""
+    import huggingface_hub.constants
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = checkpoint_shapes(tiny_models["policy"])
+    state = {k: v for f in Path(tiny_models["policy"]).glob("*.safetensors") for k, v in load_file(f).items()}
+    assert folder and set(folder) == set(state)
+
+    def cached(repo: str, files: dict[str, dict]) -> None:
+        root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text("c0ffee")
+        snapshot = root / "snapshots" / "c0ffee"
+        snapshot.mkdir(parents=True)
+        shutil.copy(Path(tiny_models["policy"]) / "config.json", snapshot)
+        for name, content in files.items():
+            if name.endswith(".json"):
+                (snapshot / name).write_text(json.dumps(content))
+            else:
+                save_file(content, str(snapshot / name))
+
+    cached("org/single", {"model.safetensors": state})
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    cached(
+        "org/sharded",
+        {
+            "model.safetensors.index.json": {"weight_map": {k: f for f, ks in shards.items() for k in ks}},
+            **{f: {k: state[k] for k in ks} for f, ks in shards.items()},
+        },
+    )
+    assert checkpoint_shapes("org/single") == folder == checkpoint_shapes("org/sharded")
+    with pytest.raises(WeightLoadError, match=r"^no safetensors weights found for org/absent \(a folder"):
+        checkpoint_shapes("org/absent")
