@@ -119,6 +119,13 @@ class DataConfig:
         "Prompt file (json/jsonl/parquet/csv/tsv) or hub dataset id when task=file.",
         applies=is_("data.task", "file"),
     )
+    eval_path: str = _f(
+        "",
+        "Held-out prompts from this file or hub split (read in path's format): data.eval_prompts of its rows, "
+        "and every row of path serves the rounds. Empty: the held-out prompts are set aside from path. Set it "
+        "when path's prompts overlap Stage 1's (sft.data), e.g. UltraFeedback's train splits.",
+        applies=all_(is_("data.task", "file"), not_("data.eval_prompts", 0)),
+    )
     format: Literal["auto", "chat", "alpaca", "gsm8k", "columns"] = _f(
         "auto", "Row format of `path` (auto: from the columns present).", applies=is_("data.task", "file")
     )

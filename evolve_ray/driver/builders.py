@@ -31,6 +31,7 @@ def make_task(data: DataConfig) -> Task:
             answer_column=data.answer_column,
             eval_prompts=data.eval_prompts,
             seed=data.seed,
+            eval_path=data.eval_path,
         )
     raise UserError(f"data.task: unknown task {data.task!r}; valid: {', '.join(TASKS)}")
 

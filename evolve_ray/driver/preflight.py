@@ -2,7 +2,8 @@
 
 An empty `model.policy` / `model.reward` means the built-in warm start (evolve_ray.models.warm_start): a
 tiny Stage-1 policy at partial skill on the addition task and a reward model trained on verifier
-labels, shipped with the package (built into the run directory if missing). No ray here.
+labels, read from the package's assets (evolve_ray/assets/warm_start); nothing is written to the
+run directory, and a missing one is a broken install (one line says how to rebuild it). No ray here.
 """
 
 from __future__ import annotations

@@ -33,9 +33,12 @@ def _sums(n: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def write_prompt_file(path: Path, n: int = 24) -> Path:
+def write_prompt_file(path: Path, n: int = 24, seed: int = 1) -> Path:
     """Chat-format prompts (`messages` with one user turn), as UltraFeedback-style prompt files have."""
-    rows = [{"id": f"p{i}", "messages": [{"role": "user", "content": q}]} for i, (q, _, _) in enumerate(_sums(n, 1))]
+    rows = [
+        {"id": f"p{seed}-{i}", "messages": [{"role": "user", "content": q}]}
+        for i, (q, _, _) in enumerate(_sums(n, seed))
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -104,6 +107,8 @@ def smoke_config(cfg: Config, work: Path) -> Config:
         sections["model"] |= {"policy": str(models["policy"]), "reward": str(models["reward"]), "tokenizer": ""}
     if cfg.data.task == "file":
         sections["data"]["path"] = str(write_prompt_file(work / "prompts.jsonl"))
+        if cfg.data.eval_path:
+            sections["data"]["eval_path"] = str(write_prompt_file(work / "eval_prompts.jsonl", n=8, seed=3))
     if cfg.sft.data:
         sections["sft"] = {
             "data": str(write_preference_file(work / "preferences.jsonl")),

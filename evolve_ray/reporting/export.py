@@ -8,7 +8,8 @@
 - adapter, merged (a LoRA run, training.lora): the last round's policy as a directory: the PEFT
   adapter as it is (its base named by absolute path or hub id, so it loads outside the run), or
   base + adapter merged in float32 and cast to model.dtype, a plain Hugging Face checkpoint.
-  Both load in transformers and vLLM.
+  Both load in transformers and vLLM. The directory gets EXPORT_MARK (the run and checkpoint it
+  came from); an existing --out is replaced only when it is empty or holds one.
 Pure: pyarrow and json (torch and safetensors for the models).
 """
 
@@ -24,6 +25,7 @@ from evolve_ray.rundir import atomic_write, read_parquet_rows
 
 FORMATS = ("trl", "alpaca_eval", "jsonl")
 MODEL_FORMATS = ("adapter", "merged")
+EXPORT_MARK = "evolve_ray_export.json"
 
 
 def _round_files(run: Path, name: str) -> list[Path]:
@@ -96,20 +98,38 @@ def export_model(run: Path, fmt: str, out: Path) -> Path:
 
     if fmt not in MODEL_FORMATS:
         raise UserError(f"--format must be one of {', '.join(MODEL_FORMATS)}")
+    check_replaceable(out)
     if not run.is_dir():
         raise UserError(f"run directory not found: {run}")
     ckpt = last_checkpoint(run)
     if not is_adapter(ckpt):
         raise UserError(f"{ckpt} holds full weights (not a training.lora run): it loads as it is")
+    mark = json.dumps({"run": str(run.resolve()), "checkpoint": ckpt.name, "format": fmt}, indent=1) + "\n"
     if fmt == "merged":
         dtype = load_config(None, base=read_yaml(run / "config.yaml")).model.dtype
         merge_adapter(ckpt, out, dtype=dtype)
+        (out / EXPORT_MARK).write_text(mark, encoding="utf-8")
         return ckpt
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt, tmp)
     config = adapter_config(ckpt) | {"base_model_name_or_path": adapter_base(ckpt)}  # resolved: no longer relative
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (tmp / EXPORT_MARK).write_text(mark, encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return ckpt
+
+
+def check_replaceable(out: Path) -> None:
+    """A model export replaces its --out folder: refuse one that is not empty and not an earlier
+    export (EXPORT_MARK), which could be a run directory, a base model or a folder of models."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a directory for the exported model")
+    if any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
+        raise UserError(
+            f"--out {out} is a directory that is not empty and holds no earlier export ({EXPORT_MARK}), and the "
+            "export would replace it; name a new or empty directory"
+        )

@@ -307,6 +307,8 @@ class FileTask:
         prompt_column, answer_column: the columns read when format=columns.
         eval_prompts: rows held out for 'eval' (at most all but one valid row).
         seed: shuffle seed for the split.
+        eval_path: a second source for 'eval' (read in `path`'s format): `eval_prompts` of its rows,
+            and every row of `path` serves 'train' and 'round'; empty: 'eval' is held out of `path`.
     """
 
     name = "file"
@@ -321,10 +323,33 @@ class FileTask:
         answer_column: str = "",
         eval_prompts: int = 16,
         seed: int = 0,
+        eval_path: str = "",
     ) -> None:
         if format not in ("auto", *FORMATS):
             raise UserError(f"data.format: unknown {format!r}; valid: auto, {', '.join(FORMATS)}")
         self.source = path
+        valid, self.skipped = self._read(path, format, prompt_column, answer_column)
+        random.Random(seed).shuffle(valid)
+        self._warned: set[str] = set()
+        if eval_path:
+            held, _ = self._read(eval_path, self.format, prompt_column, self._answer_column)
+            random.Random(seed).shuffle(held)
+            if len(held) < eval_prompts:
+                log.warning(
+                    "%s: only %d valid prompts; evaluating %d, not %d", eval_path, len(held), len(held), eval_prompts
+                )
+            self._pool, self._eval = valid, held[:eval_prompts]
+            return
+        k = min(eval_prompts, len(valid) - 1)
+        if k < eval_prompts:
+            log.warning("%s: only %d valid prompts; holding out %d for eval, not %d", path, len(valid), k, eval_prompts)
+        self._pool, self._eval = valid[: len(valid) - k], valid[len(valid) - k :]
+
+    def _read(
+        self, path: str, format: str, prompt_column: str, answer_column: str
+    ) -> tuple[list[Prompt], dict[str, int]]:
+        """The valid prompts of `path` and the skipped rows per reason; sets the format (detected
+        when auto) and whether answers are checked."""
         rows, unit = read_rows(path)
         if not any(isinstance(row, dict) for _, row in rows):  # nothing to detect a format from
             failures = [(reason, n, detail) for n, row in rows for reason, detail in [_failure(row)]]
@@ -346,10 +371,9 @@ class FileTask:
                     f"{format} format, which does not read it; set data.format=columns (the named columns must "
                     "be in the file), or remove it"
                 )
-        self.format = format
+        self.format, self._answer_column = format, answer_column
         self.verifiable = format == "gsm8k" or (format == "columns" and bool(answer_column))
         valid, failures = parse_rows(rows, format, prompt_column, answer_column, unit)
-        self.skipped: dict[str, int] = dict(Counter(reason for reason, _, _ in failures))
         _log_skips(path, unit, failures, len(valid))
         if not valid:
             hint = (
@@ -359,12 +383,7 @@ class FileTask:
                 else ""
             )
             raise UserError(_no_valid_rows(path, unit, format, failures) + hint)
-        random.Random(seed).shuffle(valid)
-        k = min(eval_prompts, len(valid) - 1)
-        if k < eval_prompts:
-            log.warning("%s: only %d valid prompts; holding out %d for eval, not %d", path, len(valid), k, eval_prompts)
-        self._pool, self._eval = valid[: len(valid) - k], valid[len(valid) - k :]
-        self._warned: set[str] = set()
+        return valid, dict(Counter(reason for reason, _, _ in failures))
 
     def prompts(self, split: str, n: int, *, offset: int = 0) -> list[Prompt]:
         """`n` prompts of `split` from `offset`; 'train'/'round' wrap around, 'eval' stops at its end."""

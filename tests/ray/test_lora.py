@@ -27,7 +27,7 @@ from evolve_ray.core.refine import chat_prompt_ids
 from evolve_ray.engines.base import WeightLoadError
 from evolve_ray.models.loading import load_policy
 from evolve_ray.models.lora import adapter_tensors, attach, save_adapter
-from evolve_ray.reporting.export import export_model
+from evolve_ray.reporting.export import EXPORT_MARK, export_model
 from evolve_ray.sync.transport import pack
 from evolve_ray.train.job import TrainerGroup
 from evolve_ray.train.parallel import load_trainable, trainable_state_dict
@@ -220,6 +220,8 @@ def test_exports_load_in_transformers_and_vllm(round1, cfg, run_dir, ids, tokeni
     )
     export_model(run_dir, "merged", tmp_path / "merged")
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "merged" / EXPORT_MARK).read_text())["checkpoint"] == "r001"
+    assert export_model(run_dir, "adapter", tmp_path / "adapter") == ckpt  # an earlier export is replaced
     adapter_model = AutoModelForCausalLM.from_pretrained(tmp_path / "adapter")
     merged_model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     x = torch.tensor([ids[0]])

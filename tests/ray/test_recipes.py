@@ -32,6 +32,7 @@ SHRUNK = (
     "model.tokenizer",
     "model.max_model_len",
     "data.path",
+    "data.eval_path",
     "data.prompts_per_round",
     "data.eval_prompts",
     "sft.data",

@@ -193,3 +193,21 @@ def test_file_only_settings_under_a_built_in_task_are_refused(item: str) -> None
     with pytest.raises(ConfigError, match=f"data.{item.split('.')[1].split('=')[0]} is set but data.task=arith"):
         load_config(None, [item])
     load_config(None, [item, "data.task=file", "data.path=x.jsonl"])  # the same setting with a file: fine
+
+
+def test_a_model_export_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """`export --format adapter|merged` replaces its --out folder: a non-empty one without an
+    earlier export's mark (a run directory, a base model) is refused in one line and kept."""
+    from evolve_ray.reporting.export import EXPORT_MARK
+
+    mine = tmp_path / "models"
+    (mine / "llama").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me\n")
+    r = run_cli("export", "--run", str(tmp_path / "no-run"), "--format", "merged", "--out", str(mine))
+    assert_one_line_error(r, f"--out {mine} is a directory that is not empty and holds no earlier export")
+    assert (mine / "notes.txt").read_text() == "keep me\n" and (mine / "llama").is_dir()
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / EXPORT_MARK).write_text("{}\n")
+    r = run_cli("export", "--run", str(tmp_path / "no-run"), "--format", "adapter", "--out", str(earlier))
+    assert_one_line_error(r, "run directory not found")  # past the check: an earlier export may be replaced

@@ -410,3 +410,23 @@ def test_reading_through_datasets_writes_nothing_under_home(tmp_path: Path) -> N
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "gsm8k"
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+
+
+def test_held_out_prompts_from_a_second_file_leave_every_row_of_the_first_to_the_rounds(tmp_path: Path) -> None:
+    """data.eval_path: the held-out prompts come from it (data.eval_prompts of its rows, read in the
+    first file's format) and none of data.path's rows is set aside; without it they are."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"What is {i}+1?", "answer": i + 1} for i in range(10)])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": f"What is {i}+2?", "answer": i + 2} for i in range(6)])
+    task = FileTask(str(train), eval_prompts=4, eval_path=str(test))
+    assert task.format == "columns" and task.verifiable
+    pool = task.prompts("train", 10)
+    held = task.prompts("eval", 10)
+    assert len({p.question for p in pool}) == 10 and len(held) == 4
+    assert {p.question for p in held} <= {f"What is {i}+2?" for i in range(6)}
+    assert all(task.verify(p, p.answer) for p in held)
+    alone = FileTask(str(train), eval_prompts=4)
+    assert len(alone.prompts("eval", 10)) == 4 and len({p.question for p in alone.prompts("train", 10)}) == 6
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "no prompt here"}) + "\n")
+    with pytest.raises(UserError, match=rf"^{bad}: no valid prompt rows \(format columns\)"):
+        FileTask(str(train), eval_prompts=4, eval_path=str(bad))

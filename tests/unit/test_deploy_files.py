@@ -13,6 +13,7 @@ import yaml
 from evolve_ray.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+STORAGE = "/mnt/cluster-storage"  # shared by every node: the recipes' run directories
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -34,6 +35,9 @@ def test_cluster_launcher_matches_rays_schema() -> None:
     jsonschema.validate(doc, schema)
     assert doc["head_node_type"] in doc["available_node_types"]
     assert any("install.sh" in c for c in doc["setup_commands"])
+    assert any(f"{STORAGE}\n" in c or f" {STORAGE})" in c for c in doc["setup_commands"])  # every node mounts it
+    gpu_nodes = [t["node_config"]["InstanceType"] for t in doc["available_node_types"].values() if t["min_workers"]]
+    assert gpu_nodes == ["p4de.24xlarge"]  # 80 GB A100s: the recipes' cluster.gpu_memory_gib
 
 
 def test_schema_check_can_fail() -> None:
@@ -62,6 +66,16 @@ def test_kuberay_manifests(name: str) -> None:
     assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     for pod in _pod_specs(cluster):
         assert pod["containers"] and all(c["image"] for c in pod["containers"])
+        # The driver (head) and the trainers (workers) share the run directory.
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == STORAGE]
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "evolve-ray-runs"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("llama*.yaml")), ids=lambda p: p.name)
+def test_gpu_recipes_write_their_run_on_the_storage_every_node_mounts(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run.out.startswith(STORAGE + "/") and cfg.cluster.gpu_memory_gib == 80
 
 
 def test_runtime_env_parses() -> None:

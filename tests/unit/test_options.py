@@ -221,6 +221,12 @@ IGNORED = [
     ),
     (["sft.epochs=2"], "sft.epochs", "sft.data is empty"),
     (["data.format=chat"], "data.format", "data.task=arith"),
+    (["data.eval_path=test.jsonl"], "data.eval_path", "data.task=arith"),
+    (
+        ["data.task=file", "data.path=p.jsonl", "data.eval_prompts=0", "data.eval_path=test.jsonl"],
+        "data.eval_path",
+        "data.eval_prompts=0",
+    ),
     (
         ["generation.backend=transformers", "generation.gpus_per_generator=1"],
         "generation.gpus_per_generator",
