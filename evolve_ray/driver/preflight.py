@@ -45,7 +45,7 @@ def resolve_models(cfg: Config, *, picks: bool = False) -> ResolvedModels:
         reward = reward or str(built_in / "reward")
     check_model_path(policy, what="model.policy", trust_remote_code=m.trust_remote_code)
     if needs_reward:
-        check_model_path(reward, what="model.reward", trust_remote_code=m.trust_remote_code)
+        check_model_path(reward, what="model.reward", trust_remote_code=m.trust_remote_code, scalar=True)
     tokenizer = m.tokenizer or policy
     load_tokenizer(tokenizer, trust_remote_code=m.trust_remote_code)  # must exist and carry a chat template
     check_sizes(cfg, policy)

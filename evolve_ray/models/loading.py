@@ -27,8 +27,9 @@ class ModelLoadError(UserError):
     """A model or tokenizer path that is missing or not what it should be."""
 
 
-def check_model_path(name: str, *, what: str, trust_remote_code: bool = False) -> None:
-    """Fail with one clear message if `name` is neither a model directory nor a resolvable hub id."""
+def check_model_path(name: str, *, what: str, trust_remote_code: bool = False, scalar: bool = False) -> None:
+    """Fail with one clear message if `name` is neither a model directory nor a resolvable hub id
+    (`scalar`: nor a reward model, a classifier with one label, whose logit is the score)."""
     p = Path(name)
     looks_local = p.is_absolute() or name.startswith((".", "~")) or p.exists()
     if looks_local and not p.exists():
@@ -52,12 +53,17 @@ def check_model_path(name: str, *, what: str, trust_remote_code: bool = False) -
             "checkpoints can run code: re-save it with save_pretrained(..., safe_serialization=True)"
         )
     try:
-        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "trust_remote_code" in str(e) and not trust_remote_code:  # the fix is on a later line
             first += " (it ships its own code: set model.trust_remote_code=true only if you trust it)"
         raise ModelLoadError(f"{what}: cannot load a model config from {name!r}: {first}") from None
+    if scalar and config.num_labels != 1:
+        raise ModelLoadError(
+            f"{what}: {name} has {config.num_labels} labels; a reward model has 1 (its one logit is the score), "
+            "and the vLLM scorer would read the first of them"
+        )
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -81,10 +87,7 @@ def load_policy(name: str, *, dtype: str = "float32", trust_remote_code: bool = 
 
 
 def load_reward(name: str, *, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
-    check_model_path(name, what="reward model", trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    check_model_path(name, what="reward model", trust_remote_code=trust_remote_code, scalar=True)
+    return AutoModelForSequenceClassification.from_pretrained(
         name, dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code
     )
-    if model.config.num_labels != 1:
-        raise ModelLoadError(f"reward model {name!r} has {model.config.num_labels} labels; expected 1 (a scalar)")
-    return model

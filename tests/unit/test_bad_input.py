@@ -129,6 +129,17 @@ def test_cli_model_path_that_is_not_a_model(tmp_path: Path, tiny_models) -> None
     assert "not a model directory" in r.stderr
 
 
+def test_cli_reward_model_with_two_labels(tmp_path: Path, tiny_models) -> None:
+    """A classifier with two labels is no reward model: refused before the vLLM scorer would read its first logit."""
+    two = tmp_path / "two-labels"
+    shutil.copytree(tiny_models["reward"], two)
+    config = json.loads((two / "config.json").read_text())
+    config |= {"id2label": {"0": "bad", "1": "good"}, "label2id": {"bad": 0, "good": 1}}
+    (two / "config.json").write_text(json.dumps(config))
+    r = _run(tmp_path / "run", tiny_models, f"model.reward={two}")
+    assert_one_line_error(r, f"model.reward: {two} has 2 labels; a reward model has 1")
+
+
 def test_cli_tokenizer_without_chat_template(tmp_path: Path, tiny_models) -> None:
     tok = load_tokenizer(str(tiny_models["policy"]))
     tok.chat_template = None
