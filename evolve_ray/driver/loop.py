@@ -12,10 +12,11 @@ the buffer's journal makes a half-finished collect stage continue without regene
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +277,7 @@ def connect(cfg: Config) -> bool:
         )
     # address="local": always a fresh cluster, even if RAY_ADDRESS or a `ray start` on this machine
     # (/tmp/ray/ray_current_cluster) would otherwise make ray.init join that one.
-    with keep_sigterm():
+    with keep_sigterm(), _slow_start_is_one_line():
         info = ray.init(
             address="local",
             num_cpus=c.num_cpus or num_cpus,
@@ -288,6 +289,22 @@ def connect(cfg: Config) -> bool:
     where = f"dashboard at http://{info.dashboard_url}" if info.dashboard_url else "no dashboard"
     log.info("started a local Ray cluster (node %s) with %s; %s", ctx.get_node_id()[:8], sized, where)
     return True
+
+
+@contextlib.contextmanager
+def _slow_start_is_one_line() -> Iterator[None]:
+    """Ray gives a new local node 30 s (fixed in ray._private.node) to register, and raises a bare
+    Exception past it: on a machine busy with other work that is one line naming the cause."""
+    try:
+        yield
+    except Exception as e:
+        if "timed out during startup" not in str(e):
+            raise
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        raise UserError(
+            f"the local Ray cluster did not start: its node did not register within Ray's 30 s (load average "
+            f"{load} on {os.cpu_count()} cores: the machine is busy); run it again when other work is done"
+        ) from None
 
 
 def _engine_env(run_dir: Path) -> dict[str, str]:

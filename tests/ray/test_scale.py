@@ -266,7 +266,9 @@ def test_a_trainer_group_the_cluster_cannot_place_ends_the_run_within_its_bound(
     assert "cluster.placement_timeout_s=20 s: the cluster has {'CPU': 0.25} free of {'CPU': " in line
     marks = json.loads((run / "startup.json").read_text())["marks"]
     assert 20 <= marks["rounds_done"] - marks["trainer_launched"] < 20 + 30  # the bound, then the next check
-    assert marks["closed"] - marks["rounds_done"] < 15  # Ray Train's controller killed, not waited for
+    # Ray Train's controller killed, not waited for (20.5 s seen once on a 2-core machine busy with
+    # other tests' clusters besides this one)
+    assert marks["closed"] - marks["rounds_done"] < 60
     assert abs(left - 1.0) < 1e-6
 
 

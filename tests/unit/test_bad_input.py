@@ -12,6 +12,7 @@ import pytest
 
 from evolve_ray.config import ConfigError, load_config
 from evolve_ray.driver.preflight import check_gpus
+from evolve_ray.errors import UserError
 from evolve_ray.models.loading import load_tokenizer
 
 from .cli_helpers import assert_one_line_error, run_cli
@@ -222,3 +223,27 @@ def test_a_model_export_never_replaces_a_folder_it_did_not_write(tmp_path: Path)
     (earlier / EXPORT_MARK).write_text("{}\n")
     r = run_cli("export", "--run", str(tmp_path / "no-run"), "--format", "adapter", "--out", str(earlier))
     assert_one_line_error(r, "run directory not found")  # past the check: an earlier export may be replaced
+
+
+def test_a_local_cluster_too_slow_to_start_is_one_line(monkeypatch) -> None:
+    """Ray gives a new node 30 s to register and then raises a bare Exception. That cannot be made
+    to happen on demand, so ray.init is replaced here by one raising Ray's own message."""
+    import ray
+
+    from evolve_ray.driver.loop import connect
+
+    def slow(**_: object) -> None:
+        raise Exception(  # noqa: TRY002  # what ray._private.node raises
+            "The current node timed out during startup. This could happen because some of the raylet failed "
+            "to startup or the GCS has become overloaded."
+        )
+
+    monkeypatch.setattr(ray, "init", slow)
+    with pytest.raises(
+        UserError,
+        match=r"^the local Ray cluster did not start: its node did not register within Ray's 30 s \(load average [0-9.]+, ",
+    ):
+        connect(load_config())
+    monkeypatch.setattr(ray, "init", lambda **_: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # anything else is not hidden
+        connect(load_config())
