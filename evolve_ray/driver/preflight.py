@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from evolve_ray.config import Config, ConfigError
 from evolve_ray.driver.memory_plan import Plan, check_plan, plan_for
+from evolve_ray.engines.factory import resolve_backend
 from evolve_ray.models.loading import check_model_path, load_tokenizer
 from evolve_ray.models.warm_start import warm_start_dir
 
@@ -77,6 +78,12 @@ def check_gpus(cfg: Config, cluster_gpus: float, *, training: bool = True) -> No
         training: count the train workers too (False for `evolve-ray eval`, which starts none).
     """
     g, s, t = cfg.generation, cfg.scoring, cfg.training
+    if g.gpus_per_generator and resolve_backend(g.backend) == "transformers":  # backend=auto without vLLM
+        raise ConfigError(
+            f"generation.gpus_per_generator={g.gpus_per_generator:g} with generation.backend=auto, and vLLM does "
+            "not import here: the generators would run the transformers engine, on CPU; install the GPU engine "
+            "(bash cluster/install.sh --gpu) or set generation.gpus_per_generator=0"
+        )
     asked = {
         "generation.num_generators x gpus_per_generator": g.num_generators * g.gpus_per_generator,
         "scoring.num_scorers x gpus_per_scorer": s.num_scorers * s.gpus_per_scorer,

@@ -105,6 +105,20 @@ def test_training_gpus_count_one_per_worker_and_only_when_training() -> None:
     check_gpus(load_config(), 0.0)  # the CPU default asks for none
 
 
+def test_gpu_generators_without_vllm_are_refused_not_run_on_cpu(monkeypatch) -> None:
+    """generation.backend=auto falls back to the transformers engine, which runs on CPU, when vLLM
+    does not import. vLLM is installed here, so the test hides it from importlib."""
+    import importlib.util
+
+    cfg = load_config(None, ["generation.gpus_per_generator=1"])
+    check_gpus(cfg, 1.0)  # vLLM found: the GPU serves it
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^generation\.gpus_per_generator=1 with generation\.backend=auto, and vLLM"):
+        check_gpus(cfg, 1.0)
+    check_gpus(load_config(), 0.0)  # no GPU asked: the CPU fallback is what auto means
+
+
 # ----------------------------------------------------------------------------------------------
 # `evolve-ray run` with a bad path or file: one line, exit 2, no cluster started
 
