@@ -23,6 +23,7 @@ def test_cli_refuses_more_gpus_than_the_cluster_has(tiny_models, tmp_path: Path)
         f"model.policy={tiny_models['policy']}",
         f"model.reward={tiny_models['reward']}",
         "generation.gpus_per_generator=1",
+        "scoring.backend=vllm",
         "scoring.gpus_per_scorer=0.5",
         "cluster.num_cpus=2",
         "cluster.include_dashboard=false",

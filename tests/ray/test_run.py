@@ -48,6 +48,7 @@ ROUND_KEYS = [
 
 
 def tiny_cfg(out: Path, tiny_models, *sets: str):
+    evaluated = "data.eval_prompts=0" not in sets  # else run.eval_turns has no effect, and is refused
     return load_config(
         None,
         [
@@ -58,7 +59,7 @@ def tiny_cfg(out: Path, tiny_models, *sets: str):
             "data.prompts_per_round=4",
             "data.eval_prompts=4",
             "generation.turns=2",
-            "run.eval_turns=2",
+            *(["run.eval_turns=2"] if evaluated else []),
             "training.batch_size=4",
             *sets,
         ],
