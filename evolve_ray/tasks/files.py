@@ -298,6 +298,45 @@ def parse_rows(
 # The task
 
 
+def read_prompts(
+    path: str, format: str, prompt_column: str, answer_column: str
+) -> tuple[list[Prompt], dict[str, int], str, str]:
+    """The valid prompts of `path`, the skipped rows per reason, and the format and answer column
+    read (under auto: detected from the columns)."""
+    rows, unit = read_rows(path)
+    if not any(isinstance(row, dict) for _, row in rows):  # nothing to detect a format from
+        failures = [(reason, n, detail) for n, row in rows for reason, detail in [_failure(row)]]
+        raise UserError(_no_valid_rows(path, unit, format, failures))
+    detected = format == "auto"
+    if detected:
+        columns = {k for _, row in rows if isinstance(row, dict) for k in row}
+        format = detect_format(columns, prompt_column, answer_column)
+        if format == "columns" and not answer_column and "answer" in columns:
+            answer_column = "answer"
+        log.info("%s: detected format %r from columns %s", path, format, sorted(columns))
+        named = {
+            "data.prompt_column": prompt_column if prompt_column != "prompt" else "",
+            "data.answer_column": answer_column,
+        }
+        if format != "columns" and (unread := [f"{k}={v}" for k, v in named.items() if v]):
+            raise UserError(
+                f"{path}: {' and '.join(unread)} is set, but columns {sorted(columns)} were detected as the "
+                f"{format} format, which does not read it; set data.format=columns (the named columns must "
+                "be in the file), or remove it"
+            )
+    valid, failures = parse_rows(rows, format, prompt_column, answer_column, unit)
+    _log_skips(path, unit, failures, len(valid))
+    if not valid:
+        hint = (
+            f" (detected from the {prompt_column} and {answer_column} columns, whose answers are checked as "
+            "numbers; set data.format=chat to read the prompts without them)"
+            if detected and format == "columns" and answer_column
+            else ""
+        )
+        raise UserError(_no_valid_rows(path, unit, format, failures) + hint)
+    return valid, dict(Counter(reason for reason, _, _ in failures)), format, answer_column
+
+
 class FileTask:
     """The Task protocol over a prompt file or hub dataset (see the module docstring).
 
@@ -328,11 +367,12 @@ class FileTask:
         if format not in ("auto", *FORMATS):
             raise UserError(f"data.format: unknown {format!r}; valid: auto, {', '.join(FORMATS)}")
         self.source = path
-        valid, self.skipped = self._read(path, format, prompt_column, answer_column)
+        valid, self.skipped, self.format, answer_column = read_prompts(path, format, prompt_column, answer_column)
+        self.verifiable = self.format == "gsm8k" or (self.format == "columns" and bool(answer_column))
         random.Random(seed).shuffle(valid)
         self._warned: set[str] = set()
         if eval_path:
-            held, _ = self._read(eval_path, self.format, prompt_column, self._answer_column)
+            held, *_ = read_prompts(eval_path, self.format, prompt_column, answer_column)
             random.Random(seed).shuffle(held)
             if len(held) < eval_prompts:
                 log.warning(
@@ -344,46 +384,6 @@ class FileTask:
         if k < eval_prompts:
             log.warning("%s: only %d valid prompts; holding out %d for eval, not %d", path, len(valid), k, eval_prompts)
         self._pool, self._eval = valid[: len(valid) - k], valid[len(valid) - k :]
-
-    def _read(
-        self, path: str, format: str, prompt_column: str, answer_column: str
-    ) -> tuple[list[Prompt], dict[str, int]]:
-        """The valid prompts of `path` and the skipped rows per reason; sets the format (detected
-        when auto) and whether answers are checked."""
-        rows, unit = read_rows(path)
-        if not any(isinstance(row, dict) for _, row in rows):  # nothing to detect a format from
-            failures = [(reason, n, detail) for n, row in rows for reason, detail in [_failure(row)]]
-            raise UserError(_no_valid_rows(path, unit, format, failures))
-        detected = format == "auto"
-        if detected:
-            columns = {k for _, row in rows if isinstance(row, dict) for k in row}
-            format = detect_format(columns, prompt_column, answer_column)
-            if format == "columns" and not answer_column and "answer" in columns:
-                answer_column = "answer"
-            log.info("%s: detected format %r from columns %s", path, format, sorted(columns))
-            named = {
-                "data.prompt_column": prompt_column if prompt_column != "prompt" else "",
-                "data.answer_column": answer_column,
-            }
-            if format != "columns" and (unread := [f"{k}={v}" for k, v in named.items() if v]):
-                raise UserError(
-                    f"{path}: {' and '.join(unread)} is set, but columns {sorted(columns)} were detected as the "
-                    f"{format} format, which does not read it; set data.format=columns (the named columns must "
-                    "be in the file), or remove it"
-                )
-        self.format, self._answer_column = format, answer_column
-        self.verifiable = format == "gsm8k" or (format == "columns" and bool(answer_column))
-        valid, failures = parse_rows(rows, format, prompt_column, answer_column, unit)
-        _log_skips(path, unit, failures, len(valid))
-        if not valid:
-            hint = (
-                f" (detected from the {prompt_column} and {answer_column} columns, whose answers are checked as "
-                "numbers; set data.format=chat to read the prompts without them)"
-                if detected and format == "columns" and answer_column
-                else ""
-            )
-            raise UserError(_no_valid_rows(path, unit, format, failures) + hint)
-        return valid, dict(Counter(reason for reason, _, _ in failures))
 
     def prompts(self, split: str, n: int, *, offset: int = 0) -> list[Prompt]:
         """`n` prompts of `split` from `offset`; 'train'/'round' wrap around, 'eval' stops at its end."""
